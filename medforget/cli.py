@@ -1,0 +1,253 @@
+"""``python -m medforget <verb>``: synth | train | unlearn | evaluate | demo.
+
+``train`` and ``unlearn`` are LightningCLIs: every typed ``__init__`` argument of the model, the datamodule and the
+Trainer is a flag and a YAML key (``--config configs/...yaml``, ``--print_config``), and the resolved config is saved
+next to each run. ``synth``, ``evaluate`` and ``demo`` use jsonargparse, the parser LightningCLI is built on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import medforget
+from medforget.checkpoint import export_classifier
+from medforget.classifier import FusionClassifier
+from medforget.datamodules.dicom_report import DicomReportDataModule
+from medforget.unlearning import UnlearningMethod
+
+TRAINER_DEFAULTS: dict[str, Any] = {"max_epochs": 25, "log_every_n_steps": 10, "enable_model_summary": False}
+VERBS = {
+    "synth": "write a synthetic hospital (DICOM images + reports + manifest.csv)",
+    "train": "fit a fusion classifier (the original model, or the retrained reference with --data.exclude_patients)",
+    "unlearn": "remove the patients of a forget request from a trained checkpoint (--method, --ckpt, --forget)",
+    "evaluate": "compare original / unlearned / retrained models on forget, retain and test patients",
+    "demo": "synth -> train -> retrain -> unlearn -> evaluate on the synthetic hospital, with timings",
+}
+
+
+def _quiet_lightning() -> None:
+    for pattern in (".*does not have many workers.*", ".*number of training batches.*", ".*LeafSpec.*",
+                    ".*`isinstance.*treespec.*", ".*Checkpoint directory.*exists and is not empty.*",
+                    ".*LightningCLI's args parameter.*", ".*tensorboardX.*", ".*overridden `on_before_batch_transfer`.*"):
+        warnings.filterwarnings("ignore", pattern)
+
+
+class _RunCLI(LightningCLI):
+    """Shared flags of the verbs that fit something: ``--out``, ``--overwrite``, ``--ckpt_path``, checkpoints."""
+
+    default_out = "runs/original"
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--out", type=str, default=self.default_out,
+                            help="Run directory: model.ckpt (exported model), checkpoints/ (for resuming), logs.")
+        parser.add_argument("--overwrite", type=bool, default=False, help="Replace an existing <out>/model.ckpt.")
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="Resume an interrupted run: 'last' or a Lightning checkpoint path.")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        parser.link_arguments("out", "trainer.default_root_dir")
+        parser.link_arguments("out", "checkpoint.dirpath", compute_fn=lambda out: str(Path(out) / "checkpoints"))
+
+    def before_instantiate_classes(self) -> None:
+        target = Path(self.config.out) / "model.ckpt"
+        if target.exists() and not self.config.overwrite and self.config.ckpt_path is None:
+            raise FileExistsError(f"{target} exists; pass --overwrite true to replace it (or choose another --out)")
+
+
+class TrainCLI(_RunCLI):
+    default_out = "runs/original"
+
+
+class UnlearnCLI(_RunCLI):
+    default_out = "runs/unlearned"
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--ckpt", type=str, help="Trained classifier checkpoint to unlearn from (never modified).")
+        parser.add_argument("--forget", type=str, help="Forget request: a file with one patient ID per line.")
+        parser.link_arguments("ckpt", "model.init_args.ckpt")
+        parser.link_arguments("forget", "data.forget")
+        parser.set_defaults({"data.mode": "unlearn", "trainer.max_epochs": 3})
+
+    def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
+        for flag in ("ckpt", "forget"):
+            if not self.config.get(flag):
+                raise ValueError(f"medforget unlearn needs --{flag}")
+
+
+def _data_provenance(dm: DicomReportDataModule) -> dict[str, Any]:
+    return {
+        "manifest": str(dm.manifest_path),
+        "manifest_sha256": dm.dataset_hash(),
+        "seed": dm.seed,
+        "val_fraction": dm.val_fraction,
+        "test_fraction": dm.test_fraction,
+        "image_size": dm.image_size,
+        "parts": dm.summary(),
+    }
+
+
+def train(args: list[str] | None = None) -> Path:
+    """``medforget train``: fit a FusionClassifier and export ``<out>/model.ckpt``."""
+    _quiet_lightning()
+    cli = TrainCLI(
+        FusionClassifier, DicomReportDataModule, args=args, run=False, seed_everything_default=0,
+        trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "medforget train", "description": VERBS["train"]},
+    )
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    seconds = time.perf_counter() - start
+    target = Path(cli.config.out) / "model.ckpt"
+    if cli.trainer.is_global_zero:
+        dm = cli.datamodule
+        export_classifier(cli.model, target, overwrite=True, provenance={
+            "kind": "retrained" if dm.exclude_patients else "original",
+            "medforget_version": medforget.__version__,
+            "split_fingerprint": dm.split_fingerprint,
+            "excluded_patients": dm.summary().get("excluded", {}).get("patients", 0),
+            "data": _data_provenance(dm),
+            "epochs": cli.trainer.current_epoch,
+            "fit_seconds": seconds,
+        })
+    return target
+
+
+def unlearn(args: list[str] | None = None) -> Path:
+    """``medforget unlearn``: apply an unlearning method and export ``<out>/model.ckpt``."""
+    _quiet_lightning()
+    args = list(sys.argv[1:] if args is None else args)
+    args = ["--model" if a == "--method" else a.replace("--method=", "--model=") for a in args]
+    if not any(a == "--model" or a.startswith("--model=") for a in args) and not any(
+        a in ("-h", "--help") for a in args
+    ):
+        args = ["--model", "FineTune", *args]
+    cli = UnlearnCLI(
+        UnlearningMethod, DicomReportDataModule, subclass_mode_model=True, args=args, run=False,
+        seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "medforget unlearn", "description": VERBS["unlearn"]},
+    )
+    from medforget.evaluation.audit import check_split
+
+    method: UnlearningMethod = cli.model
+    original = getattr(method.classifier, "provenance", {})
+    cli.datamodule.setup("fit")
+    check_split(method.classifier, cli.datamodule, cli.config.ckpt)
+    start = time.perf_counter()
+    cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    seconds = time.perf_counter() - start
+    target = Path(cli.config.out) / "model.ckpt"
+    if cli.trainer.is_global_zero:
+        dm = cli.datamodule
+        export_classifier(method.classifier, target, protect=(cli.config.ckpt,), overwrite=True, provenance={
+            "kind": "unlearned",
+            "method": type(method).__name__,
+            "method_hparams": {k: v for k, v in method.hparams.items() if not k.startswith("_")},
+            "medforget_version": medforget.__version__,
+            "split_fingerprint": original.get("split_fingerprint", dm.split_fingerprint),
+            "source_checkpoint_kind": original.get("kind"),
+            "forget_patients": dm.summary()["forget"]["patients"],
+            "data": _data_provenance(dm),
+            "unlearn_seconds": seconds,
+        })
+    return target
+
+
+def evaluate(args: list[str] | None = None) -> dict[str, Any]:
+    """``medforget evaluate``: metrics.json + printed table for original / unlearned / retrained checkpoints."""
+    from medforget.evaluation.audit import evaluate_models, format_table, write_json
+
+    _quiet_lightning()
+    parser = ArgumentParser(prog="medforget evaluate", description=VERBS["evaluate"], default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--original", type=str | None, default=None, help="Checkpoint of the original model.")
+    parser.add_argument("--unlearned", type=str | None, default=None, help="Checkpoint of the unlearned model.")
+    parser.add_argument("--retrained", type=str | None, default=None,
+                        help="Checkpoint of the model retrained without the forget patients (the target).")
+    parser.add_argument("--forget", type=str, help="Forget request: a file with one patient ID per line.")
+    parser.add_argument("--out", type=str, default="runs/evaluation", help="Output directory (metrics.json).")
+    parser.add_argument("--accelerator", type=str, default="auto", help="Lightning accelerator for inference.")
+    parser.add_class_arguments(DicomReportDataModule, "data", skip={"mode", "forget"})
+    cfg = parser.parse_args(args)
+    checkpoints = {k: cfg[k] for k in ("original", "unlearned", "retrained") if cfg[k]}
+    if not checkpoints:
+        parser.error("give at least one of --original, --unlearned, --retrained")
+    if not cfg.forget:
+        parser.error("--forget is required")
+    data = DicomReportDataModule(mode="evaluate", forget=cfg.forget, **cfg.data.as_dict())
+    report = evaluate_models(checkpoints, data, accelerator=cfg.accelerator)
+    report["medforget_version"] = medforget.__version__
+    out = Path(cfg.out)
+    write_json(report, out / "metrics.json")
+    table = format_table(report)
+    (out / "table.txt").write_text(table + "\n")
+    print(table)
+    print(f"\nwrote {out / 'metrics.json'}")
+    return report
+
+
+def synth(args: list[str] | None = None) -> Path:
+    """``medforget synth``: write a synthetic hospital."""
+    from medforget.datamodules.synthetic import SyntheticConfig, generate_hospital
+
+    parser = ArgumentParser(prog="medforget synth", description=VERBS["synth"], default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--out", type=str, default="data/hospital", help="Output directory.")
+    parser.add_argument("--overwrite", type=bool, default=False, help="Replace an existing hospital in --out.")
+    parser.add_class_arguments(SyntheticConfig, None)
+    cfg = parser.parse_args(args)
+    init = parser.instantiate_classes(cfg)
+    config = SyntheticConfig(**{k: init[k] for k in SyntheticConfig.__dataclass_fields__})
+    manifest = generate_hospital(cfg.out, config, overwrite=cfg.overwrite)
+    print(f"wrote {manifest}")
+    return manifest
+
+
+def demo(args: list[str] | None = None) -> dict[str, Any]:
+    """``medforget demo``: the whole flow on the synthetic hospital (see :mod:`medforget.demo`)."""
+    from medforget.demo import run_demo
+
+    parser = ArgumentParser(prog="medforget demo", description=VERBS["demo"], default_env=False)
+    parser.add_function_arguments(run_demo)
+    cfg = parser.parse_args(args)
+    return run_demo(**cfg.as_dict())
+
+
+COMMANDS = {"synth": synth, "train": train, "unlearn": unlearn, "evaluate": evaluate, "demo": demo}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m medforget`` and the ``medforget`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = "usage: python -m medforget {" + ",".join(COMMANDS) + "} [options]   (<verb> --help for options)\n\n"
+    usage += "\n".join(f"  {name:<9} {text}" for name, text in VERBS.items())
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return
+    if argv[0] in ("-V", "--version"):
+        print(f"medforget {medforget.__version__}")
+        return
+    verb = argv[0]
+    if verb not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(verb, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        sys.exit(f"medforget: unknown command {verb!r}{hint}\n\n{usage}")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    try:
+        COMMANDS[verb](argv[1:])
+    except (FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
+        # errors we raise for bad input: one clear line, no traceback from deep inside
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        sys.exit(f"medforget {verb}: error: {message}")

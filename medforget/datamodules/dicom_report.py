@@ -1,0 +1,231 @@
+"""DataModule over a manifest of DICOM images + radiology reports (train / unlearn / evaluate modes)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from monai.data import CacheDataset, PersistentDataset
+from monai.data.utils import pickle_hashing
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from medforget.datamodules import keys
+from medforget.datamodules.manifest import load_manifest, manifest_hash
+from medforget.datamodules.splits import assign_splits, resolve_forget
+from medforget.datamodules.transforms import image_transforms
+
+Mode = Literal["train", "unlearn", "evaluate"]
+
+
+def default_synthetic_manifest() -> Path:
+    """The embedded default: a synthetic hospital generated once under ``$MEDFORGET_CACHE`` (``~/.cache/medforget``)."""
+    from dataclasses import asdict
+
+    from medforget.datamodules.synthetic import SyntheticConfig, generate_hospital
+
+    cfg = SyntheticConfig()
+    tag = hashlib.sha256(repr(sorted(asdict(cfg).items())).encode()).hexdigest()[:10]
+    root = Path(os.environ.get("MEDFORGET_CACHE", Path.home() / ".cache" / "medforget")) / f"synthetic-{tag}"
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        generate_hospital(root, cfg, overwrite=True)
+    return manifest
+
+
+class DicomReportDataModule(L.LightningDataModule):
+    """Images + reports from a manifest, split by patient.
+
+    Batches are dicts (see :mod:`medforget.datamodules.keys`): ``image`` (B, 1, H, W) in [0, 1], ``report`` (raw
+    text; the model's system tokenizes it with its own tokenizer), ``label``, ``patient_id``, ``study_id``, ``index``.
+
+    Args:
+        manifest: Manifest CSV/Parquet. ``None`` uses the embedded synthetic hospital (generated once, offline).
+        mode: ``train`` (train/val loaders), ``unlearn`` (``{"forget", "retain"}`` training batches) or
+            ``evaluate`` (forget / retain / test / val loaders from :meth:`evaluation_dataloaders`).
+        forget: Forget request (file of patient IDs). Required for ``unlearn``; optional for ``evaluate``.
+        exclude_patients: Patient-ID file removed from the training split (the retrained reference).
+        num_classes: Labels must lie in ``[0, num_classes)``.
+        image_size: Images are resized to ``image_size x image_size``.
+        batch_size: Batch size (retain / train / evaluation).
+        forget_batch_size: Batch size of forget batches in ``unlearn`` mode (default: ``batch_size``).
+        val_fraction: Fraction of patients in the validation split (when the manifest has no ``split`` column).
+        test_fraction: Fraction of patients in the test split (when the manifest has no ``split`` column).
+        seed: Seed of the patient-level split and of shuffling.
+        num_workers: DataLoader workers.
+        cache_rate: Fraction of decoded images kept in memory (MONAI ``CacheDataset``).
+        cache_dir: If set, decoded images are cached on disk instead (MONAI ``PersistentDataset``).
+        multiframe: ``first`` frame of multi-frame DICOMs, or ``error``.
+    """
+
+    def __init__(
+        self,
+        manifest: str | None = None,
+        mode: Mode = "train",
+        forget: str | None = None,
+        exclude_patients: str | None = None,
+        num_classes: int = 4,
+        image_size: int = 64,
+        batch_size: int = 32,
+        forget_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        num_workers: int = 0,
+        cache_rate: float = 1.0,
+        cache_dir: str | None = None,
+        multiframe: Literal["first", "error"] = "first",
+    ) -> None:
+        super().__init__()
+        if mode == "unlearn" and forget is None:
+            raise ValueError("data.mode='unlearn' needs a forget request (data.forget / --forget)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.save_hyperparameters()
+        self.manifest = manifest
+        self.mode = mode
+        self.forget = forget
+        self.exclude_patients = exclude_patients
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.forget_batch_size = forget_batch_size or batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.num_workers = num_workers
+        self.cache_rate = cache_rate
+        self.cache_dir = cache_dir
+        self.multiframe = multiframe
+        self.df: pd.DataFrame | None = None
+        self.indices: dict[str, np.ndarray] = {}
+        self._dataset: Dataset | None = None
+        self._position: dict[int, int] = {}
+
+    # --- setup --------------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.manifest is None:
+            default_synthetic_manifest()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.df is not None:
+            return
+        manifest = Path(self.manifest) if self.manifest is not None else default_synthetic_manifest()
+        self.manifest_path = manifest
+        df = load_manifest(manifest, self.num_classes)
+        df["split"] = assign_splits(df, self.val_fraction, self.test_fraction, self.seed).to_numpy()
+        self.df = df
+        split = df["split"].to_numpy()
+        idx = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
+        self.split_fingerprint = hashlib.sha256(
+            "\n".join(sorted(set(df.loc[idx["train"], "patient_id"]))).encode()
+        ).hexdigest()[:16]
+        if self.exclude_patients is not None:
+            excluded = resolve_forget(self.exclude_patients, df["split"], df["patient_id"])
+            idx["excluded"] = excluded
+            idx["train"] = np.setdiff1d(idx["train"], excluded)
+        if self.forget is not None:
+            idx["forget"] = resolve_forget(self.forget, df["split"], df["patient_id"])
+            idx["retain"] = np.setdiff1d(idx["train"], idx["forget"])
+            if len(idx["retain"]) == 0:
+                raise ValueError("the forget request covers every training patient; nothing would be retained")
+        if len(idx["train"]) == 0:
+            raise ValueError(f"{manifest}: the training split is empty")
+        self.indices = idx
+        needed = {
+            "train": ("train", "val"),
+            "unlearn": ("forget", "retain", "val"),
+            "evaluate": ("forget", "retain", "train", "val", "test"),
+        }[self.mode]
+        rows = np.unique(np.concatenate([idx[k] for k in needed if k in idx]))
+        self._position = {int(r): p for p, r in enumerate(rows)}
+        items = [
+            {
+                keys.IMAGE: df.at[r, "image_path"],
+                keys.REPORT: df.at[r, "report"],
+                keys.LABEL: int(df.at[r, "label"]),
+                keys.PATIENT_ID: df.at[r, "patient_id"],
+                keys.STUDY_ID: df.at[r, "study_id"],
+                keys.INDEX: int(r),
+            }
+            for r in rows
+        ]
+        transform = image_transforms(self.image_size, self.multiframe)
+        if self.cache_dir is not None:
+            # hash_transform: the cache key covers image_size/multiframe (no stale images after a change)
+            self._dataset = PersistentDataset(items, transform, cache_dir=self.cache_dir,
+                                              hash_transform=pickle_hashing)
+        else:
+            self._dataset = CacheDataset(items, transform, cache_rate=self.cache_rate, num_workers=None,
+                                         progress=len(items) > 200)
+
+    # --- info ---------------------------------------------------------------------------------------------------
+    def subset(self, name: str) -> Subset:
+        """The dataset of one part: ``train``, ``val``, ``test``, ``forget``, ``retain``."""
+        if self.df is None:
+            self.setup()
+        if name not in self.indices:
+            raise KeyError(f"no {name!r} part in mode {self.mode!r} (forget request given: {self.forget is not None})")
+        return Subset(self._dataset, [self._position[int(r)] for r in self.indices[name]])
+
+    def train_reports(self) -> list[str]:
+        """Reports of the training rows (excluded patients removed): what a tokenizer may be trained on."""
+        if self.df is None:
+            self.setup()
+        part = "retain" if self.mode == "unlearn" else "train"
+        return self.df.loc[self.indices[part], "report"].tolist()
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Patients and studies per part (counts only; no identifiers)."""
+        if self.df is None:
+            self.setup()
+        return {
+            name: {"patients": int(self.df.loc[rows, "patient_id"].nunique()), "studies": len(rows)}
+            for name, rows in self.indices.items()
+        }
+
+    def dataset_hash(self) -> str:
+        """SHA-256 of the manifest file."""
+        if self.df is None:
+            self.setup()
+        return manifest_hash(self.manifest_path)
+
+    # --- loaders ------------------------------------------------------------------------------------------------
+    def _loader(self, name: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.subset(name),
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            generator=generator,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self):
+        if self.mode == "unlearn":
+            loaders = {
+                keys.FORGET: self._loader("forget", True, self.forget_batch_size),
+                keys.RETAIN: self._loader("retain", True),
+            }
+            return CombinedLoader(loaders, mode="max_size_cycle")
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False) if len(self.indices.get("val", [])) else []
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+    def evaluation_dataloaders(self) -> dict[str, DataLoader]:
+        """Ordered, unshuffled loaders of every part present: forget, retain, test, val (and train)."""
+        if self.df is None:
+            self.setup()
+        order = ("forget", "retain", "test", "val") if "forget" in self.indices else ("train", "test", "val")
+        return {name: self._loader(name, False) for name in order if len(self.indices.get(name, []))}

@@ -1,0 +1,110 @@
+"""Patient-level, seeded splits and forget requests."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+class ForgetRequestError(ValueError):
+    """A forget request names patients that cannot be forgotten (unknown, or not in the training split)."""
+
+
+def patient_split(
+    patient_ids: Iterable[str], val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
+) -> dict[str, str]:
+    """Assign every patient to ``train``, ``val`` or ``test`` (seeded; independent of row order).
+
+    Args:
+        patient_ids: Patient IDs (duplicates allowed: one per row).
+        val_fraction: Fraction of patients in ``val``.
+        test_fraction: Fraction of patients in ``test``.
+        seed: Random seed.
+    """
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise ValueError(f"need val_fraction, test_fraction >= 0 and sum < 1, got {val_fraction}, {test_fraction}")
+    patients = sorted(set(patient_ids))
+    order = np.random.default_rng(seed).permutation(len(patients))
+    n_test = int(round(test_fraction * len(patients)))
+    n_val = int(round(val_fraction * len(patients)))
+    split = {}
+    for rank, i in enumerate(order):
+        split[patients[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return split
+
+
+def assign_splits(df: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> pd.Series:
+    """The split of every row: the manifest's ``split`` column if present, else :func:`patient_split`."""
+    if "split" in df.columns:
+        return df["split"]
+    mapping = patient_split(df["patient_id"], val_fraction, test_fraction, seed)
+    return df["patient_id"].map(mapping)
+
+
+def read_patient_ids(request: str | Path | Sequence[str]) -> list[str]:
+    """Read a forget request: a file with one patient ID per line (``#`` comments allowed) or a list of IDs."""
+    if isinstance(request, (str, Path)):
+        path = Path(request)
+        if not path.is_file():
+            raise FileNotFoundError(f"forget request file not found: {path}")
+        lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+        ids = [line for line in lines if line]
+        if not ids:
+            raise ForgetRequestError(f"forget request {path} lists no patient IDs")
+        return list(dict.fromkeys(ids))
+    ids = [str(i).strip() for i in request]
+    return list(dict.fromkeys(i for i in ids if i))
+
+
+def resolve_forget(request: str | Path | Sequence[str], splits: pd.Series, patient_ids: pd.Series) -> np.ndarray:
+    """Row indices of every study of the requested patients.
+
+    Raises:
+        ForgetRequestError: if a patient is unknown or not in the training split (test/val patients were never
+            trained on); the message names the offending IDs' positions in the request, never the IDs themselves.
+    """
+    ids = read_patient_ids(request)
+    source = str(request) if isinstance(request, (str, Path)) else "forget request"
+    known = set(patient_ids)
+    per_patient = pd.Series(splits.values, index=patient_ids.values).groupby(level=0).first()
+    unknown = [n for n, pid in enumerate(ids, 1) if pid not in known]
+    held_out = [(n, per_patient[pid]) for n, pid in enumerate(ids, 1) if pid in known and per_patient[pid] != "train"]
+    problems = []
+    if unknown:
+        problems.append(f"entries {unknown} are not patients of this manifest")
+    if held_out:
+        listed = ", ".join(f"#{n} ({split})" for n, split in held_out)
+        problems.append(
+            f"entries {listed} are not in the training split, so the model never saw them; "
+            "test/val patients cannot be forgotten"
+        )
+    if problems:
+        raise ForgetRequestError(f"{source}: " + "; ".join(problems))
+    return np.flatnonzero(patient_ids.isin(set(ids)).to_numpy())
+
+
+def salted_hash(patient_id: str, salt: str) -> str:
+    """Salted SHA-256 of a patient ID, for reports that must not contain PHI."""
+    return hashlib.sha256(f"{salt}:{patient_id}".encode()).hexdigest()[:16]
+
+
+def sample_forget_request(
+    train_patients: Sequence[str], fraction: float, seed: int = 0
+) -> list[str]:
+    """Draw a forget request of ``fraction`` of the training patients (at least one), seeded."""
+    patients = sorted(set(train_patients))
+    n = max(1, int(round(fraction * len(patients))))
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(patients, size=n, replace=False).tolist())
+
+
+def write_patient_ids(ids: Sequence[str], path: str | Path) -> Path:
+    """Write one patient ID per line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(ids) + "\n")
+    return path

@@ -1,0 +1,1 @@
+"""Evaluation: utility metrics, membership-inference attacks and the audit."""

@@ -1,0 +1,124 @@
+"""UnlearningMethod: the LightningModule every unlearning method extends, and the registry of methods.
+
+A method is one file with one subclass that implements :meth:`UnlearningMethod.unlearning_loss` on a
+``{"forget": batch, "retain": batch}`` training batch. Subclassing registers it under its class name, so adding a
+method touches one file and every registry-parametrized test exercises it.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from medforget.classifier import FusionClassifier
+from medforget.datamodules import keys
+
+
+class UnlearningMethod(L.LightningModule):
+    """Base system: loads the trained classifier from ``ckpt`` and updates it on forget/retain batches.
+
+    Args:
+        ckpt: Checkpoint of the trained classifier (``python -m medforget train`` output). It is only read.
+        lr: Learning rate.
+        optimizer: ``adamw`` or ``sgd`` (with ``momentum``).
+        weight_decay: Weight decay.
+        momentum: SGD momentum.
+    """
+
+    registry: ClassVar[dict[str, type[UnlearningMethod]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            UnlearningMethod.registry[cls.__name__] = cls
+
+    def __init__(
+        self,
+        ckpt: str | None = None,
+        lr: float = 1e-4,
+        optimizer: Literal["adamw", "sgd"] = "adamw",
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.classifier: FusionClassifier | None = None
+        if ckpt is not None:
+            from medforget.checkpoint import load_classifier
+
+            self.attach(load_classifier(ckpt))
+
+    def attach(self, classifier: FusionClassifier) -> UnlearningMethod:
+        """Use ``classifier`` (already trained) as the model to unlearn from; called once before fitting."""
+        self.classifier = classifier.train()
+        self.on_attach()
+        return self
+
+    def on_attach(self) -> None:
+        """Hook for methods that need a frozen copy of the original model, masks, etc."""
+
+    @property
+    def net(self):
+        if self.classifier is None:
+            raise RuntimeError(f"{type(self).__name__} has no model: pass ckpt=... (--ckpt) or call attach()")
+        return self.classifier.net
+
+    # --- batches ------------------------------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        _ = self.net  # clear error if no model is attached
+        return self.classifier.prepare_batch(batch)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.net(batch)
+
+    def classification_loss(self, batch: dict, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The classifier's own training loss (fused CE + auxiliary unimodal CE) on ``batch``."""
+        target = batch[keys.LABEL] if labels is None else labels
+        return self.classifier.loss(self(batch), target)["loss"]
+
+    # --- steps --------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def unlearning_loss(self, forget: dict, retain: dict) -> dict[str, torch.Tensor]:
+        """Return ``{"loss": total, **terms}`` for one forget batch and one retain batch."""
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self.unlearning_loss(batch[keys.FORGET], batch[keys.RETAIN])
+        bs = len(batch[keys.RETAIN][keys.LABEL])
+        self.log_dict({f"unlearn/{k}": v.detach() for k, v in losses.items()}, batch_size=bs, on_step=False,
+                      on_epoch=True, prog_bar=True)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch)["fused"]
+        target = batch[keys.LABEL]
+        self.log("val/loss", F.cross_entropy(logits, target), batch_size=len(target), prog_bar=True)
+        self.log("val/acc", (logits.argmax(-1) == target).float().mean(), batch_size=len(target), prog_bar=True)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        params = self.trainable_parameters()
+        if self.hparams.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.hparams.lr, momentum=self.hparams.momentum,
+                                   weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def list_methods() -> list[str]:
+    """Names of the registered unlearning methods."""
+    import medforget.unlearning  # noqa: F401 - importing the package registers every method
+
+    return sorted(UnlearningMethod.registry)
+
+
+def get_method(name: str) -> type[UnlearningMethod]:
+    """The method class registered as ``name``."""
+    methods = list_methods()
+    if name not in UnlearningMethod.registry:
+        raise KeyError(f"unknown unlearning method {name!r}; registered: {', '.join(methods)}")
+    return UnlearningMethod.registry[name]

@@ -1,0 +1,290 @@
+"""Classifier checkpoints (safe load, atomic export, protection) and the evaluation audit on it."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import shutil
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from medforget.checkpoint import CheckpointError, export_classifier, load_classifier, read_checkpoint
+from medforget.classifier import CHECKPOINT_FORMAT, FusionClassifier
+from medforget.datamodules.dicom_report import DicomReportDataModule
+from medforget.evaluation.audit import SCHEMA_VERSION, check_split, evaluate_models, format_table
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def model(trained_ckpt) -> FusionClassifier:
+    return load_classifier(trained_ckpt)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_datamodule_kwargs) -> dict:
+    dm = DicomReportDataModule(**tiny_datamodule_kwargs)
+    dm.setup()
+    return next(iter(dm.val_dataloader()))
+
+
+@pytest.fixture
+def ckpt_copy(trained_ckpt, tmp_path):
+    """A private copy of the trained checkpoint (the session fixture itself is never modified)."""
+    return shutil.copy(trained_ckpt, tmp_path / "copy.ckpt")
+
+
+def predict(model: FusionClassifier, batch: dict) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return model(model.prepare_batch(batch))
+
+
+def test_load_classifier(model, trained_ckpt):
+    assert isinstance(model, FusionClassifier)
+    assert not model.training
+    assert not any(m.training for m in model.modules())
+    assert model.tokenizer is not None
+    assert (model.hparams.image_width, model.hparams.text_hidden, model.hparams.joint_dim) == (8, 32, 32)
+    assert model.heads == ("fused", "image", "text")
+    assert model.provenance["kind"] == "original"
+    fingerprint = model.provenance["split_fingerprint"]
+    assert isinstance(fingerprint, str) and len(fingerprint) == 16
+    assert model.provenance["epochs"] == 2
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    ckpt = read_checkpoint(trained_ckpt)
+    assert ckpt["medforget"]["format"] == CHECKPOINT_FORMAT
+    for k, v in ckpt["state_dict"].items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_loaded_model_predictions_are_deterministic(model, trained_ckpt, batch):
+    out1 = predict(model, batch)
+    out2 = predict(load_classifier(trained_ckpt), batch)
+    assert set(out1) == {"fused", "image", "text"}
+    n = len(batch["label"])
+    for head in out1:
+        assert out1[head].shape == (n, 4)
+        assert torch.equal(out1[head], out2[head]), head
+
+
+def test_checkpoint_is_weights_only_loadable(trained_ckpt):
+    ckpt = torch.load(trained_ckpt, map_location="cpu", weights_only=True)
+    assert {"state_dict", "hyper_parameters", "medforget", "pytorch-lightning_version"} <= set(ckpt)
+    tok = ckpt["medforget"]["tokenizer"]
+    assert isinstance(tok, dict) and all(isinstance(v, str) for v in tok.values())
+    assert not any(k.startswith("_") for k in ckpt["hyper_parameters"])
+
+
+def test_export_round_trip(model, tmp_path, batch):
+    path = export_classifier(model, tmp_path / "sub" / "exported.ckpt", provenance={"kind": "test", "n": 3})
+    assert path == tmp_path / "sub" / "exported.ckpt" and path.is_file()
+    assert not list(path.parent.glob("*.tmp"))  # the temporary file was renamed away
+    again = load_classifier(path)
+    sd_a, sd_b = model.state_dict(), again.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    for k in sd_a:
+        assert torch.equal(sd_a[k], sd_b[k]), k
+    assert again.provenance == {"kind": "test", "n": 3}
+    assert dict(again.hparams) == dict(model.hparams)
+    assert again.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    a, b = predict(model, batch), predict(again, batch)
+    for head in a:
+        assert torch.equal(a[head], b[head])
+
+
+def test_export_refuses_to_overwrite(model, tmp_path):
+    path = tmp_path / "model.ckpt"
+    export_classifier(model, path, provenance={"v": 1})
+    digest = sha256(path)
+    with pytest.raises(FileExistsError, match="exists"):
+        export_classifier(model, path, provenance={"v": 2})
+    assert sha256(path) == digest
+    export_classifier(model, path, provenance={"v": 2}, overwrite=True)
+    assert load_classifier(path).provenance == {"v": 2}
+
+
+def test_export_refuses_to_overwrite_protected_input(model, ckpt_copy, tmp_path):
+    digest = sha256(ckpt_copy)
+    with pytest.raises(FileExistsError, match="input checkpoint"):
+        export_classifier(model, ckpt_copy, protect=(ckpt_copy,), overwrite=True)
+    # the same file through another spelling of its path
+    other_spelling = tmp_path / "." / "sub" / ".." / ckpt_copy.name
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(FileExistsError, match="input checkpoint"):
+        export_classifier(model, other_spelling, protect=(str(ckpt_copy),), overwrite=True)
+    assert sha256(ckpt_copy) == digest
+    # another output path is fine while protecting the input
+    out = export_classifier(model, tmp_path / "out.ckpt", protect=(ckpt_copy,))
+    assert out.is_file() and sha256(ckpt_copy) == digest
+
+
+def test_corrupt_and_missing_checkpoints(tmp_path):
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                      dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(CheckpointError, match="not a loadable checkpoint") as exc:
+        load_classifier(corrupt)
+    assert str(corrupt) in str(exc.value)
+    missing = tmp_path / "missing.ckpt"
+    with pytest.raises(CheckpointError, match="not found") as exc:
+        load_classifier(missing)
+    assert str(missing) in str(exc.value)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_classifier(tmp_path)  # a directory is not a checkpoint
+    assert isinstance(exc.value, ValueError)
+
+
+def test_not_a_classifier_checkpoint(tmp_path, trained_ckpt):
+    other = tmp_path / "other.ckpt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(CheckpointError, match="no state_dict") as exc:
+        load_classifier(other)
+    assert str(other) in str(exc.value)
+
+    ckpt = read_checkpoint(trained_ckpt)
+    newer = tmp_path / "newer.ckpt"
+    torch.save({**ckpt, "medforget": {**ckpt["medforget"], "format": CHECKPOINT_FORMAT + 1}}, newer)
+    with pytest.raises(CheckpointError, match="newer"):
+        load_classifier(newer)
+
+    bad_hparams = tmp_path / "bad_hparams.ckpt"
+    torch.save({**ckpt, "hyper_parameters": {**ckpt["hyper_parameters"], "no_such_option": 1}}, bad_hparams)
+    with pytest.raises(CheckpointError, match="hyper_parameters"):
+        load_classifier(bad_hparams)
+
+    wrong_arch = tmp_path / "wrong_arch.ckpt"
+    torch.save({**ckpt, "hyper_parameters": {**ckpt["hyper_parameters"], "modalities": "image"}}, wrong_arch)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_classifier(wrong_arch)
+
+
+def test_lightning_load_from_checkpoint(trained_ckpt, model, batch):
+    if "weights_only" not in inspect.signature(FusionClassifier.load_from_checkpoint).parameters:
+        pytest.skip("this Lightning's load_from_checkpoint has no weights_only argument")
+    loaded = FusionClassifier.load_from_checkpoint(trained_ckpt, map_location="cpu", weights_only=True).eval()
+    assert loaded.tokenizer is not None
+    assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    a, b = predict(model, batch), predict(loaded, batch)
+    for head in a:
+        assert torch.equal(a[head], b[head]), head
+
+
+def test_trainer_predict_matches_forward(model, tiny_datamodule_kwargs, batch):
+    """Lightning's predict loop tokenizes through on_before_batch_transfer exactly like prepare_batch."""
+    dm = DicomReportDataModule(**tiny_datamodule_kwargs)
+    dm.setup()
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    out = trainer.predict(model, dm.val_dataloader())[0]
+    ref = predict(model, batch)
+    assert torch.equal(out["index"], batch["index"])
+    torch.testing.assert_close(out["logits"]["fused"], ref["fused"])
+
+
+# --- evaluation audit ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def report(trained_ckpt, forget_file, tiny_datamodule_kwargs):
+    dm = DicomReportDataModule(mode="evaluate", forget=str(forget_file), **tiny_datamodule_kwargs)
+    return evaluate_models({"original": trained_ckpt, "retrained": trained_ckpt}, dm, accelerator="cpu")
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def test_evaluate_models_report(report, trained_ckpt, forget_file):
+    assert report["schema_version"] == SCHEMA_VERSION == 1
+    assert set(report["models"]) == {"original", "retrained"}
+    parts = report["data"]["parts"]
+    assert parts["forget"]["patients"] == len(forget_file.read_text().split())
+    assert parts["retain"]["studies"] + parts["forget"]["studies"] == parts["train"]["studies"]
+    assert len(report["data"]["manifest_sha256"]) == 64
+    for name in ("original", "retrained"):
+        res = report["models"][name]
+        assert res["checkpoint"] == str(trained_ckpt)
+        assert res["provenance"]["kind"] == "original"
+        assert set(res["metrics"]) == {"forget", "retain", "test", "val"}
+        for part, heads in res["metrics"].items():
+            assert set(heads) == {"fused", "image", "text"}, part
+            for values in heads.values():
+                assert set(values) == {"auc", "f1", "accuracy"}
+                assert 0.0 <= values["accuracy"] <= 1.0
+                assert 0.0 <= values["f1"] <= 1.0
+                assert math.isnan(values["auc"]) or 0.0 <= values["auc"] <= 1.0
+        mia = res["mia"]["LossAttack"]
+        assert 0.0 <= mia["auc"] <= 1.0
+        assert mia["n_members"] == parts["forget"]["studies"]
+        assert mia["n_nonmembers"] == parts["test"]["studies"]
+    # the same model twice: identical numbers and gaps of exactly zero
+    a, b = report["models"]["original"], report["models"]["retrained"]
+    gaps = report["gaps_to_retrained"]
+    assert set(gaps) == {"original"}
+    for part, heads in a["metrics"].items():
+        for head, values in heads.items():
+            for k, v in values.items():
+                assert _same(v, b["metrics"][part][head][k])
+                gap = gaps["original"]["metrics"][part][head][k]
+                assert gap == 0.0 or (math.isnan(gap) and math.isnan(v)), (part, head, k)
+    assert a["mia"] == b["mia"]
+    assert gaps["original"]["mia"]["LossAttack"] == {"auc": 0.0, "member_rate": 0.0}
+
+
+def test_format_table(report):
+    table = format_table(report)
+    lines = table.splitlines()
+    assert "MIA AUC" in lines[0]
+    assert lines[1].strip("-") == ""
+    rows = lines[2:]
+    assert len(rows) == 3  # original, retrained, and the gap row
+    assert rows[0].startswith("original") and rows[1].startswith("retrained")
+    assert rows[2].startswith("Δ original vs retrained")
+    mia = report["models"]["original"]["mia"]["LossAttack"]["auc"]
+    assert rows[0].split()[-1] == f"{mia:.3f}"
+    assert rows[2].split()[-1] == "+0.000"
+
+
+def test_check_split_rejects_a_different_split(model, trained_ckpt, tiny_datamodule_kwargs):
+    same = DicomReportDataModule(**tiny_datamodule_kwargs)
+    same.setup()
+    assert same.split_fingerprint == model.provenance["split_fingerprint"]
+    check_split(model, same, trained_ckpt)  # no error
+    other = DicomReportDataModule(**{**tiny_datamodule_kwargs, "seed": 7})
+    other.setup()
+    assert other.split_fingerprint != model.provenance["split_fingerprint"]
+    with pytest.raises(CheckpointError, match="split differs") as exc:
+        check_split(model, other, trained_ckpt)
+    assert str(trained_ckpt) in str(exc.value)
+
+
+def test_report_numbers_match_sklearn(report, model, forget_file, tiny_datamodule_kwargs):
+    """The audit's numbers, recomputed from the model's own predictions with scikit-learn."""
+    dm = DicomReportDataModule(mode="evaluate", forget=str(forget_file), **tiny_datamodule_kwargs)
+    dm.setup()
+    logits, labels = {}, {}
+    for part, loader in dm.evaluation_dataloaders().items():
+        batches = list(loader)
+        logits[part] = torch.cat([predict(model, b)["fused"] for b in batches]).double()
+        labels[part] = torch.cat([b["label"] for b in batches]).numpy()
+        y, p = labels[part], logits[part].softmax(-1).numpy()
+        got = report["models"]["original"]["metrics"][part]["fused"]
+        assert got["accuracy"] == pytest.approx(accuracy_score(y, p.argmax(1)), abs=1e-6), part
+        expected_f1 = f1_score(y, p.argmax(1), average="macro", zero_division=0)
+        assert got["f1"] == pytest.approx(expected_f1, abs=1e-6), part
+        aucs = [roc_auc_score(y == c, p[:, c]) for c in range(4) if 0 < (y == c).sum() < len(y)]
+        expected_auc = float(np.mean(aucs)) if aucs else math.nan
+        assert _same(got["auc"], expected_auc) or got["auc"] == pytest.approx(expected_auc, abs=1e-4), part
+    scores = {
+        part: -F.cross_entropy(logits[part], torch.from_numpy(labels[part]), reduction="none")
+        for part in ("forget", "test")
+    }
+    y = np.r_[np.ones(len(scores["forget"])), np.zeros(len(scores["test"]))]
+    expected = roc_auc_score(y, np.r_[scores["forget"].numpy(), scores["test"].numpy()])
+    assert report["models"]["original"]["mia"]["LossAttack"]["auc"] == pytest.approx(expected, abs=1e-5)

@@ -1,0 +1,109 @@
+"""The real CLI end to end on tiny data: synth -> train -> retrain -> unlearn -> evaluate, plus bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medforget.cli import evaluate, main, synth, train, unlearn
+from tests.conftest import TINY_DATA, TINY_MODEL
+
+CONF = Path(__file__).parent / "conf"
+QUIET = ["--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
+
+
+def test_synth_cli(tmp_path):
+    manifest = synth([f"--out={tmp_path / 'h'}", "--num_patients=3", "--image_size=16"])
+    assert manifest.is_file() and len(list((tmp_path / "h" / "images").rglob("*.dcm"))) >= 3
+    with pytest.raises(FileExistsError):
+        synth([f"--out={tmp_path / 'h'}", "--num_patients=3", "--image_size=16"])
+
+
+def test_fast_dev_run_from_yaml(tiny_hospital, tmp_path):
+    out = tmp_path / "run"
+    path = train([f"--config={CONF / 'train_tiny.yaml'}", f"--data.manifest={tiny_hospital}",
+                  "--trainer.fast_dev_run=true", f"--out={out}", *QUIET])
+    assert path.is_file()
+
+
+def test_full_flow(tiny_hospital, forget_file, trained_ckpt, tmp_path):
+    data = [f"--data.manifest={tiny_hospital}", *TINY_DATA]
+    retrained = train([*data, *TINY_MODEL, "--trainer.max_epochs=2", *QUIET, f"--out={tmp_path / 'retrained'}",
+                       f"--data.exclude_patients={forget_file}"])
+    digest = hashlib.sha256(trained_ckpt.read_bytes()).hexdigest()
+    unlearned = unlearn(["--method=FineTune", f"--ckpt={trained_ckpt}", f"--forget={forget_file}", *data,
+                         "--trainer.max_epochs=1", *QUIET, f"--out={tmp_path / 'unlearned'}"])
+    assert hashlib.sha256(trained_ckpt.read_bytes()).hexdigest() == digest
+    out = tmp_path / "eval"
+    report = evaluate([f"--original={trained_ckpt}", f"--unlearned={unlearned}", f"--retrained={retrained}",
+                       f"--forget={forget_file}", *data, f"--out={out}", "--accelerator=cpu"])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["schema_version"] == 1
+    assert set(saved["models"]) == {"original", "unlearned", "retrained"}
+    assert saved["models"]["unlearned"]["provenance"]["method"] == "FineTune"
+    assert saved["models"]["retrained"]["provenance"]["kind"] == "retrained"
+    gap = saved["gaps_to_retrained"]["original"]["mia"]["LossAttack"]["auc"]
+    expected = saved["models"]["original"]["mia"]["LossAttack"]["auc"] - saved["models"]["retrained"]["mia"][
+        "LossAttack"]["auc"]
+    assert gap == pytest.approx(expected)
+    assert report["data"]["parts"]["forget"]["patients"] == len(forget_file.read_text().split())
+    assert "MIA AUC" in (out / "table.txt").read_text()
+
+
+def test_unlearn_from_yaml_config(tiny_hospital, forget_file, trained_ckpt, tmp_path):
+    out = unlearn([f"--config={CONF / 'unlearn_tiny.yaml'}", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
+                   f"--data.manifest={tiny_hospital}", *TINY_DATA, *QUIET, f"--out={tmp_path / 'u'}"])
+    assert out.is_file()
+
+
+def test_unlearn_refuses_to_overwrite_its_input(tiny_hospital, forget_file, trained_ckpt):
+    digest = hashlib.sha256(trained_ckpt.read_bytes()).hexdigest()
+    with pytest.raises(FileExistsError):
+        unlearn(["--method=FineTune", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
+                 f"--data.manifest={tiny_hospital}", *TINY_DATA, "--trainer.max_steps=1", *QUIET,
+                 f"--out={trained_ckpt.parent}"])
+    with pytest.raises(FileExistsError, match="input checkpoint"):
+        unlearn(["--method=FineTune", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
+                 f"--data.manifest={tiny_hospital}", *TINY_DATA, "--trainer.max_steps=1", *QUIET,
+                 f"--out={trained_ckpt.parent}", "--overwrite=true"])
+    assert hashlib.sha256(trained_ckpt.read_bytes()).hexdigest() == digest
+
+
+def test_unknown_forget_patient_is_a_clear_error(tiny_hospital, trained_ckpt, tmp_path, capsys):
+    request = tmp_path / "forget.txt"
+    request.write_text("NOT-A-PATIENT-42\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["unlearn", "--method=FineTune", f"--ckpt={trained_ckpt}", f"--forget={request}",
+              f"--data.manifest={tiny_hospital}", *TINY_DATA, *QUIET, f"--out={tmp_path / 'u'}"])
+    message = str(exc.value.code)
+    assert "not patients of this manifest" in message and str(request) in message
+    assert "NOT-A-PATIENT-42" not in message  # the error names the entry, not the identifier
+
+
+def test_split_mismatch_is_a_clear_error(tiny_hospital, forget_file, trained_ckpt, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", f"--original={trained_ckpt}", f"--forget={forget_file}",
+              f"--data.manifest={tiny_hospital}", "--data.seed=123", f"--out={tmp_path}"])
+    assert "split differs" in str(exc.value.code) or "not in the training split" in str(exc.value.code)
+
+
+def test_config_typo_is_reported_by_name(tiny_hospital, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "medforget", "train", f"--data.manifest={tiny_hospital}", "--model.learning_rat=0.1",
+         f"--out={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "learning_rat" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_verb_and_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["trian"])
+    assert "did you mean 'train'" in str(exc.value.code)
+    main(["--help"])
+    assert "unlearn" in capsys.readouterr().out
