@@ -37,7 +37,8 @@ VERBS = {
 def _quiet_lightning() -> None:
     for pattern in (".*does not have many workers.*", ".*number of training batches.*", ".*LeafSpec.*",
                     ".*`isinstance.*treespec.*", ".*Checkpoint directory.*exists and is not empty.*",
-                    ".*LightningCLI's args parameter.*", ".*tensorboardX.*", ".*overridden `on_before_batch_transfer`.*"):
+                    ".*LightningCLI's args parameter.*", ".*tensorboardX.*",
+                    ".*overridden `on_before_batch_transfer`.*"):
         warnings.filterwarnings("ignore", pattern)
 
 

@@ -139,7 +139,7 @@ class DicomReportDataModule(L.LightningDataModule):
             raise ValueError(f"{manifest}: the training split is empty")
         self.indices = idx
         needed = {
-            "train": ("train", "val"),
+            "train": ("train", "val", "test"),
             "unlearn": ("forget", "retain", "val"),
             "evaluate": ("forget", "retain", "train", "val", "test"),
         }[self.mode]

@@ -357,7 +357,6 @@ def generate_hospital(out: str | Path, config: SyntheticConfig | None = None, ov
     work = out.with_name(out.name + ".partial")
     if work.exists():
         shutil.rmtree(work)
-    rng = np.random.default_rng(cfg.seed)
     rows = []
     n_digits = max(4, len(str(cfg.num_patients)))
     for p in tqdm(range(cfg.num_patients), desc="synthetic hospital", unit="patient", leave=False):

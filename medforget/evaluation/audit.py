@@ -127,7 +127,9 @@ def format_table(report: dict[str, Any], head: str = "fused") -> str:
     rows = []
 
     def fmt(x: float, signed: bool = False) -> str:
-        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else (f"{x:+.3f}" if signed else f"{x:.3f}")
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            return "n/a"
+        return f"{x:+.3f}" if signed else f"{x:.3f}"
 
     for name in names:
         res = report["models"][name]
@@ -141,7 +143,11 @@ def format_table(report: dict[str, Any], head: str = "fused") -> str:
         rows.append([f"Δ {name} vs retrained", *cells])
     header = ["model", *titles]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def line(row: list) -> str:
+        cells = zip(row, widths, strict=True)
+        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(cells))
+
     sep = "-" * len(line(header))
     return "\n".join([line(header), sep, *[line(r) for r in rows]])
 

@@ -142,6 +142,8 @@ def build_fusion_net(
 
     if modalities not in ("both", "image", "text"):
         raise ValueError(f"modalities must be 'both', 'image' or 'text', got {modalities!r}")
+    if fusion not in ("concat", "gated", "attention"):
+        raise ValueError(f"unknown fusion {fusion!r}; choose concat, gated or attention")
     image = create_image_encoder(image_encoder, image_width, image_pretrained) if modalities != "text" else None
     text = None
     if modalities != "image":
