@@ -166,7 +166,7 @@ def unlearn(args: list[str] | None = None) -> Path:
 
 def evaluate(args: list[str] | None = None) -> dict[str, Any]:
     """``medforget evaluate``: metrics.json + printed table for original / unlearned / retrained checkpoints."""
-    from medforget.evaluation.audit import evaluate_models, format_table, write_json
+    from medforget.evaluation.audit import evaluate_models, format_heads, format_table, write_json
 
     _quiet_lightning()
     parser = ArgumentParser(prog="medforget evaluate", description=VERBS["evaluate"], default_env=False)
@@ -190,7 +190,7 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any]:
     report["medforget_version"] = medforget.__version__
     out = Path(cfg.out)
     write_json(report, out / "metrics.json")
-    table = format_table(report)
+    table = format_table(report) + "\n\n" + format_heads(report)
     (out / "table.txt").write_text(table + "\n")
     print(table)
     print(f"\nwrote {out / 'metrics.json'}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -93,13 +93,38 @@ def salted_hash(patient_id: str, salt: str) -> str:
 
 
 def sample_forget_request(
-    train_patients: Sequence[str], fraction: float, seed: int = 0
+    train_patients: Sequence[str], fraction: float, seed: int = 0, strata: Mapping[str, object] | None = None
 ) -> list[str]:
-    """Draw a forget request of ``fraction`` of the training patients (at least one), seeded."""
+    """Draw a forget request of ``fraction`` of the training patients (at least one), seeded.
+
+    Args:
+        train_patients: Training patient IDs (duplicates allowed).
+        fraction: Fraction of patients to draw.
+        seed: Random seed.
+        strata: Optional ``patient -> stratum`` (e.g. the patient's most frequent label). Patients are then drawn
+            from every stratum in proportion to its size (largest remainders), so the request is representative of
+            the training population and forget-set metrics are not dominated by an unlucky class mix.
+    """
     patients = sorted(set(train_patients))
     n = max(1, int(round(fraction * len(patients))))
     rng = np.random.default_rng(seed)
-    return sorted(rng.choice(patients, size=n, replace=False).tolist())
+    if strata is None:
+        return sorted(rng.choice(patients, size=n, replace=False).tolist())
+    groups: dict[str, list[str]] = {}
+    for p in patients:
+        groups.setdefault(str(strata[p]), []).append(p)
+    names = sorted(groups)
+    quota = np.array([n * len(groups[g]) / len(patients) for g in names])
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: n - int(take.sum())]:
+        take[i] += 1
+    chosen = [p for g, k in zip(names, take, strict=True) for p in rng.choice(groups[g], size=k, replace=False)]
+    return sorted(map(str, chosen))
+
+
+def patient_strata(df: pd.DataFrame, label_column: str = "label") -> dict[str, int]:
+    """Each patient's most frequent label (ties: the lowest), for stratified forget requests."""
+    return {str(p): int(g.mode().min()) for p, g in df.groupby("patient_id")[label_column]}
 
 
 def write_patient_ids(ids: Sequence[str], path: str | Path) -> Path:

@@ -152,6 +152,15 @@ def format_table(report: dict[str, Any], head: str = "fused") -> str:
     return "\n".join([line(header), sep, *[line(r) for r in rows]])
 
 
+def format_heads(report: dict[str, Any], part: str = "test", metric: str = "auc") -> str:
+    """Per-head (fused / image / text) ``metric`` on ``part`` for every model."""
+    lines = [f"{part} {metric.upper()} by head"]
+    for name, res in report["models"].items():
+        heads = res["metrics"].get(part, {})
+        lines.append(f"  {name:<10} " + "  ".join(f"{h} {v[metric]:.3f}" for h, v in heads.items()))
+    return "\n".join(lines)
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)
