@@ -18,11 +18,11 @@ demo: $(STAMP)
 	$(PY) -m medforget demo
 
 test: $(STAMP)
-	$(PY) -m ruff check medforget tests benchmarks
+	$(PY) -m ruff check medforget tests $(wildcard benchmarks)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check medforget tests benchmarks
+	$(PY) -m ruff check medforget tests $(wildcard benchmarks)
 
 clean:
 	rm -rf $(VENV) runs tests/.cache .pytest_cache

@@ -205,3 +205,27 @@ def test_salted_hash():
     assert len(hashes) == len(PATIENTS)
     assert not hashes & set(PATIENTS)
 
+
+
+def test_stratified_forget_request_is_proportional():
+    from medforget.datamodules.splits import patient_strata, sample_forget_request
+
+    patients = [f"P{i:03d}" for i in range(100)]
+    strata = {p: (0 if i < 50 else 1 if i < 80 else 2) for i, p in enumerate(patients)}  # 50 / 30 / 20
+    chosen = sample_forget_request(patients, 0.1, seed=3, strata=strata)
+    counts = [sum(strata[p] == s for p in chosen) for s in range(3)]
+    assert counts == [5, 3, 2]
+    assert chosen == sample_forget_request(patients, 0.1, seed=3, strata=strata)
+    assert chosen != sample_forget_request(patients, 0.1, seed=4, strata=strata)
+    # largest remainders: 7 of (50, 30, 20) -> quotas 3.5, 2.1, 1.4 -> 4, 2, 1
+    seven = sample_forget_request(patients, 0.07, seed=0, strata=strata)
+    assert [sum(strata[p] == s for p in seven) for s in range(3)] == [4, 2, 1]
+
+
+def test_patient_strata_is_the_most_frequent_label():
+    import pandas as pd
+
+    from medforget.datamodules.splits import patient_strata
+
+    df = pd.DataFrame({"patient_id": ["a", "a", "a", "b", "b"], "label": [2, 2, 1, 3, 0]})
+    assert patient_strata(df) == {"a": 2, "b": 0}
