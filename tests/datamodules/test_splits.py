@@ -208,7 +208,7 @@ def test_salted_hash():
 
 
 def test_stratified_forget_request_is_proportional():
-    from medforget.datamodules.splits import patient_strata, sample_forget_request
+    from medforget.datamodules.splits import sample_forget_request
 
     patients = [f"P{i:03d}" for i in range(100)]
     strata = {p: (0 if i < 50 else 1 if i < 80 else 2) for i, p in enumerate(patients)}  # 50 / 30 / 20
