@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from medforget.unlearning.base import UnlearningMethod
+
 
 class Frozen(nn.Module):
     """A module that is always in ``eval()`` mode and never receives gradients.
@@ -56,3 +58,29 @@ def freeze_batchnorm_statistics(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, BATCH_NORMS):
             m.eval()
+
+
+class _TeacherStudent(UnlearningMethod):
+    """Base of methods that distil from a frozen copy of the original network (``self.teacher``).
+
+    ``on_attach`` makes the teacher; the student (``self.net``) trains with its BatchNorm statistics frozen when the
+    subclass sets ``self.freeze_bn_stats``. Lightning does not call ``.train()`` itself (it restores the modes it
+    found around validation), so the modes are set when the classifier is attached and again at ``on_train_start``;
+    Lightning's "Found N module(s) in eval mode at the start of training" warning is therefore expected.
+    Not registered (the name starts with ``_``).
+    """
+
+    freeze_bn_stats: bool = False
+
+    def on_attach(self) -> None:
+        self.teacher = frozen_copy(self.net)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> _TeacherStudent:
+        super().train(mode)  # the teacher stays in eval mode (Frozen)
+        if mode and self.freeze_bn_stats and self.classifier is not None:
+            freeze_batchnorm_statistics(self.net)
+        return self
+
+    def on_train_start(self) -> None:
+        self.train()

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 
 from medforget.datamodules import keys
 from medforget.models.text import tokenize_batch
-from medforget.unlearning.base import UnlearningMethod
-from medforget.unlearning.common import freeze_batchnorm_statistics, frozen_copy, l2_distance
+from medforget.unlearning.common import _TeacherStudent, l2_distance
 from medforget.unlearning.perturbation import ImagePerturbation, TextPerturbation
 
 Preset = Literal["equal", "unimodal", "multimodal", "retention"]
@@ -33,7 +32,7 @@ def normalise_weights(weights: Sequence[float]) -> tuple[float, float, float, fl
     return tuple(x / total for x in w)  # type: ignore[return-value]
 
 
-class ForgetMI(UnlearningMethod):
+class ForgetMI(_TeacherStudent):
     """Push the student's forget embeddings away from the frozen teacher's embeddings of *perturbed* forget data,
     while keeping its retain embeddings on the teacher's, at the unimodal and the joint level.
 
@@ -101,15 +100,7 @@ class ForgetMI(UnlearningMethod):
         self.image_perturbation = ImagePerturbation(sigma, (0.0, 1.0), seed)
         self.text_perturbation = TextPerturbation(text_level, seed=seed)
         self.freeze_bn_stats = freeze_bn_stats
-
-    def on_attach(self) -> None:
-        self.teacher = frozen_copy(self.net)
-
-    def train(self, mode: bool = True) -> ForgetMI:
-        super().train(mode)  # the teacher stays in eval mode (Frozen)
-        if mode and getattr(self, "freeze_bn_stats", False) and self.classifier is not None:
-            freeze_batchnorm_statistics(self.net)
-        return self
+        self.train(self.training)  # apply it to the classifier attached by super().__init__
 
     # --- the perturbed forget set D̃_f -------------------------------------------------------------------------
     def perturb(self, batch: dict) -> dict:

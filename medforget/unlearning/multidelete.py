@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from medforget.datamodules import keys
-from medforget.unlearning.base import UnlearningMethod
-from medforget.unlearning.common import freeze_batchnorm_statistics, frozen_copy, l2_distance
+from medforget.unlearning.common import _TeacherStudent, l2_distance
 
 
-class MultiDelete(UnlearningMethod):
+class MultiDelete(_TeacherStudent):
     """Decouple the image-report pairs of D_f while a frozen teacher (the original model) anchors D_r.
 
     * **Modality decoupling** (D_f, weight ``alpha``): a forget pair should be treated as *unrelated* data. The
@@ -68,15 +67,7 @@ class MultiDelete(UnlearningMethod):
         self.temperature = float(temperature)
         self.relative = relative
         self.freeze_bn_stats = freeze_bn_stats
-
-    def on_attach(self) -> None:
-        self.teacher = frozen_copy(self.net)
-
-    def train(self, mode: bool = True) -> MultiDelete:
-        super().train(mode)  # the teacher stays in eval mode (Frozen)
-        if mode and getattr(self, "freeze_bn_stats", False) and self.classifier is not None:
-            freeze_batchnorm_statistics(self.net)
-        return self
+        self.train(self.training)  # apply it to the classifier attached by super().__init__
 
     @staticmethod
     def mismatched_pairs(forget: dict, retain: dict) -> dict[str, torch.Tensor]:

@@ -24,7 +24,8 @@ def reports() -> list[str]:
 
 
 def _similarity(a: list[str], b: list[str]) -> float:
-    return float(np.mean([difflib.SequenceMatcher(None, x.split(), y.split()).ratio() for x, y in zip(a, b)]))
+    ratios = [difflib.SequenceMatcher(None, x.split(), y.split()).ratio() for x, y in zip(a, b, strict=True)]
+    return float(np.mean(ratios))
 
 
 # --- text -----------------------------------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ def test_higher_level_changes_more_words(reports):
 
 
 def test_line_structure_is_kept(reports):
-    for before, after in zip(reports, TextPerturbation(0.5, seed=1)(reports)):
+    for before, after in zip(reports, TextPerturbation(0.5, seed=1)(reports), strict=True):
         assert after.count("\n") == before.count("\n")
 
 
@@ -91,8 +92,8 @@ def test_word_operations():
     swapped = TextPerturbation(1.0, operations=("swap",), seed=0)([text])[0].split()
     assert swapped == [w for i in range(0, 10, 2) for w in (words[i + 1], words[i])]
     typos = TextPerturbation(1.0, operations=("typo",), seed=0)([text])[0].split()
-    assert len(typos) == len(words) and sum(a != b for a, b in zip(typos, words)) >= 8
-    assert all(abs(len(a) - len(b)) <= 1 for a, b in zip(typos, words))
+    assert len(typos) == len(words) and sum(a != b for a, b in zip(typos, words, strict=True)) >= 8
+    assert all(abs(len(a) - len(b)) <= 1 for a, b in zip(typos, words, strict=True))
 
 
 def test_text_rejects_bad_arguments():
