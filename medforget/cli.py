@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -23,6 +24,9 @@ from medforget.checkpoint import export_classifier
 from medforget.classifier import FusionClassifier
 from medforget.datamodules.dicom_report import DicomReportDataModule
 from medforget.unlearning import UnlearningMethod
+from medforget.unlearning.selection import SCORE as SELECTION_SCORE
+
+log = logging.getLogger("medforget")
 
 TRAINER_DEFAULTS: dict[str, Any] = {"max_epochs": 25, "log_every_n_steps": 10, "enable_model_summary": False}
 VERBS = {
@@ -78,6 +82,9 @@ class UnlearnCLI(_RunCLI):
         parser.link_arguments("ckpt", "model.init_args.ckpt")
         parser.link_arguments("forget", "data.forget")
         parser.set_defaults({"data.mode": "unlearn", "trainer.max_epochs": 3})
+        # checkpoint selection on the validation parts (medforget.unlearning.selection); the best epoch is exported
+        parser.set_defaults({"checkpoint.monitor": SELECTION_SCORE, "checkpoint.mode": "min",
+                             "checkpoint.save_top_k": 1, "checkpoint.filename": "best-{epoch}"})
 
     def before_instantiate_classes(self) -> None:
         super().before_instantiate_classes()
@@ -147,6 +154,7 @@ def unlearn(args: list[str] | None = None) -> Path:
     start = time.perf_counter()
     cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     seconds = time.perf_counter() - start
+    selected = _select_checkpoint(cli)
     target = Path(cli.config.out) / "model.ckpt"
     if cli.trainer.is_global_zero:
         dm = cli.datamodule
@@ -160,8 +168,25 @@ def unlearn(args: list[str] | None = None) -> Path:
             "forget_patients": dm.summary()["forget"]["patients"],
             "data": _data_provenance(dm),
             "unlearn_seconds": seconds,
+            "selection": selected,
         })
     return target
+
+
+def _select_checkpoint(cli: LightningCLI) -> dict[str, Any]:
+    """Load the weights of the epoch with the best validation selection score (``checkpoint.monitor``) into the
+    method, and describe the choice; without a monitored score (no val patients) the last weights are kept."""
+    callback = cli.trainer.checkpoint_callback
+    monitor = getattr(callback, "monitor", None)
+    best = getattr(callback, "best_model_path", "")
+    if not monitor or not best:
+        if monitor:
+            log.warning("no %s was logged (the datamodule has no val patients?): exporting the last weights", monitor)
+        return {"monitor": monitor, "selected": "last", "epoch": cli.trainer.current_epoch}
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    cli.model.load_state_dict(state["state_dict"])
+    return {"monitor": monitor, "selected": Path(best).name, "epoch": int(state["epoch"]),
+            "score": float(callback.best_model_score), **state.get("medforget_selection", {})}
 
 
 def evaluate(args: list[str] | None = None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from medforget.datamodules.splits import assign_splits, resolve_forget
 from medforget.datamodules.transforms import image_transforms
 
 Mode = Literal["train", "unlearn", "evaluate"]
+RETAIN_SAMPLE_MIN = 8  # patients in the retain sample scored for checkpoint selection (at least)
 
 
 def default_synthetic_manifest() -> Path:
@@ -55,6 +56,9 @@ class DicomReportDataModule(L.LightningDataModule):
         image_size: Images are resized to ``image_size x image_size``.
         batch_size: Batch size (retain / train / evaluation).
         forget_batch_size: Batch size of forget batches in ``unlearn`` mode (default: ``batch_size``).
+        unlearn_epoch: What one ``unlearn``-mode epoch is: a pass over the ``retain`` patients (the forget loader
+            cycles alongside) or over the ``forget`` patients (each forget batch paired with a fresh retain batch,
+            as in Forget-MI; much shorter, so validation and checkpoint selection happen more often).
         val_fraction: Fraction of patients in the validation split (when the manifest has no ``split`` column).
         test_fraction: Fraction of patients in the test split (when the manifest has no ``split`` column).
         seed: Seed of the patient-level split and of shuffling.
@@ -74,6 +78,7 @@ class DicomReportDataModule(L.LightningDataModule):
         image_size: int = 64,
         batch_size: int = 32,
         forget_batch_size: int | None = None,
+        unlearn_epoch: Literal["retain", "forget"] = "retain",
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         seed: int = 0,
@@ -96,6 +101,9 @@ class DicomReportDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.batch_size = batch_size
         self.forget_batch_size = forget_batch_size or batch_size
+        if unlearn_epoch not in ("retain", "forget"):
+            raise ValueError(f"data.unlearn_epoch must be 'retain' or 'forget', got {unlearn_epoch!r}")
+        self.unlearn_epoch = unlearn_epoch
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
@@ -135,6 +143,7 @@ class DicomReportDataModule(L.LightningDataModule):
             idx["retain"] = np.setdiff1d(idx["train"], idx["forget"])
             if len(idx["retain"]) == 0:
                 raise ValueError("the forget request covers every training patient; nothing would be retained")
+            idx[keys.RETAIN_SAMPLE] = self._retain_sample(df, idx["retain"], idx["forget"])
         if len(idx["train"]) == 0:
             raise ValueError(f"{manifest}: the training split is empty")
         self.indices = idx
@@ -164,6 +173,16 @@ class DicomReportDataModule(L.LightningDataModule):
         else:
             self._dataset = CacheDataset(items, transform, cache_rate=self.cache_rate, num_workers=None,
                                          progress=len(items) > 200)
+
+    def _retain_sample(self, df: pd.DataFrame, retain: np.ndarray, forget: np.ndarray) -> np.ndarray:
+        """Rows of a seeded sample of retain patients, as many patients as the forget part (at least
+        ``RETAIN_SAMPLE_MIN``; all retain patients if fewer): the retain side of the validation used for checkpoint
+        selection, kept small because it is scored after every unlearning epoch."""
+        patients = np.array(sorted(set(df.loc[retain, "patient_id"])))
+        wanted = max(df.loc[forget, "patient_id"].nunique(), RETAIN_SAMPLE_MIN)
+        if wanted < len(patients):
+            patients = np.random.default_rng(self.seed).choice(patients, size=wanted, replace=False)
+        return retain[np.isin(df.loc[retain, "patient_id"].to_numpy(), patients)]
 
     # --- info ---------------------------------------------------------------------------------------------------
     def subset(self, name: str) -> Subset:
@@ -214,11 +233,20 @@ class DicomReportDataModule(L.LightningDataModule):
                 keys.FORGET: self._loader("forget", True, self.forget_batch_size),
                 keys.RETAIN: self._loader("retain", True),
             }
+            if self.unlearn_epoch == "forget" and len(loaders[keys.FORGET]) <= len(loaders[keys.RETAIN]):
+                return CombinedLoader(loaders, mode="min_size")  # retain is reshuffled every epoch
             return CombinedLoader(loaders, mode="max_size_cycle")
         return self._loader("train", True)
 
     def val_dataloader(self):
-        return self._loader("val", False) if len(self.indices.get("val", [])) else []
+        """``train``/``evaluate`` mode: the val patients. ``unlearn`` mode: forget, retain-sample and val loaders in
+        the order of :data:`keys.UNLEARN_VALIDATION_PARTS` (what checkpoint selection compares); none without val
+        patients."""
+        if not len(self.indices.get("val", [])):
+            return []
+        if self.mode == "unlearn":
+            return [self._loader(name, False) for name in keys.UNLEARN_VALIDATION_PARTS]
+        return self._loader("val", False)
 
     def test_dataloader(self):
         return self._loader("test", False)

@@ -11,3 +11,9 @@ INDEX = "index"  # (B,) long, row of the manifest
 
 FORGET = "forget"
 RETAIN = "retain"
+RETAIN_SAMPLE = "retain_sample"  # seeded sample of retain patients, validated in unlearn mode
+VAL = "val"
+
+# Validation dataloaders of the unlearn mode, in dataloader_idx order (checkpoint selection, see
+# medforget.unlearning.selection): the forget patients, a sample of retain patients and the held-out val patients.
+UNLEARN_VALIDATION_PARTS = (FORGET, RETAIN_SAMPLE, VAL)

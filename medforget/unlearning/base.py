@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from medforget.classifier import FusionClassifier
 from medforget.datamodules import keys
+from medforget.unlearning import selection
 
 
 class UnlearningMethod(L.LightningModule):
@@ -47,6 +48,9 @@ class UnlearningMethod(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.classifier: FusionClassifier | None = None
+        self.selection_reference: dict[str, float] | None = None
+        self._last_selection: dict[str, dict[str, float]] = {}
+        self._val_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         if ckpt is not None:
             from medforget.checkpoint import load_classifier
 
@@ -92,11 +96,74 @@ class UnlearningMethod(L.LightningModule):
                       on_epoch=True, prog_bar=True)
         return losses["loss"]
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch)["fused"]
-        target = batch[keys.LABEL]
-        self.log("val/loss", F.cross_entropy(logits, target), batch_size=len(target), prog_bar=True)
-        self.log("val/acc", (logits.argmax(-1) == target).float().mean(), batch_size=len(target), prog_bar=True)
+    # --- validation and checkpoint selection (see medforget.unlearning.selection) --------------------------------
+    def _part_name(self, dataloader_idx: int) -> str:
+        loaders = self.trainer.val_dataloaders if self._trainer is not None else None
+        if isinstance(loaders, (list, tuple)) and len(loaders) == len(keys.UNLEARN_VALIDATION_PARTS):
+            return keys.UNLEARN_VALIDATION_PARTS[dataloader_idx]
+        return keys.VAL
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        logits = self(batch)["fused"].detach().float()
+        self._val_outputs.setdefault(self._part_name(dataloader_idx), []).append((logits, batch[keys.LABEL]))
+
+    def _gathered_outputs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        outputs = {}
+        for part, chunks in self._val_outputs.items():
+            logits, labels = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+            if self.trainer.world_size > 1:  # DistributedSampler shards (and pads) each loader: gather every rank
+                logits = self.all_gather(logits).flatten(0, 1)
+                labels = self.all_gather(labels).flatten(0, 1)
+            outputs[part] = (logits.cpu(), labels.cpu())
+        return outputs
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self._val_outputs:
+            return
+        outputs = self._gathered_outputs()
+        logits, labels = outputs[keys.VAL]
+        self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=True)
+        self.log("val/acc", (logits.argmax(-1) == labels).float().mean(), prog_bar=True)
+        if set(outputs) != set(keys.UNLEARN_VALIDATION_PARTS) or self.selection_reference is None:
+            return  # plain validation (no forget request in the datamodule): nothing to select on
+        metrics = selection.part_metrics(outputs)
+        gaps = selection.proxy_gaps(metrics, self.selection_reference)
+        self.log_dict({f"val/{k}": v for k, v in metrics.items() if not k.endswith("accuracy")})
+        self.log_dict({f"val/gap_{k}": v for k, v in gaps.items() if k != "score"})
+        self.log(selection.SCORE, gaps["score"], prog_bar=True)
+        self._last_selection = {"metrics": metrics, "gaps": gaps}
+
+    def on_train_start(self) -> None:
+        """Measure the selection reference: the original model's metrics on the validation parts, before any
+        update (kept in Lightning checkpoints, so a resumed run compares with the same reference)."""
+        if self.selection_reference is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        loaders = datamodule.val_dataloader() if datamodule is not None else []
+        if not isinstance(loaders, (list, tuple)) or len(loaders) != len(keys.UNLEARN_VALIDATION_PARTS):
+            return
+        was_training = self.training
+        self.eval()
+        outputs = {}
+        with torch.no_grad():
+            for idx, (part, loader) in enumerate(zip(keys.UNLEARN_VALIDATION_PARTS, loaders, strict=True)):
+                chunks = []
+                for batch in loader:
+                    batch = self.transfer_batch_to_device(self.on_before_batch_transfer(batch, idx), self.device, idx)
+                    chunks.append((self(batch)["fused"].float().cpu(), batch[keys.LABEL].cpu()))
+                outputs[part] = (torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
+        self.train(was_training)
+        self.selection_reference = selection.part_metrics(outputs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["medforget_selection_reference"] = self.selection_reference
+        checkpoint["medforget_selection"] = self._last_selection
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.selection_reference = checkpoint.get("medforget_selection_reference")
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.net.parameters() if p.requires_grad]

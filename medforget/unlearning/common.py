@@ -83,4 +83,5 @@ class _TeacherStudent(UnlearningMethod):
         return self
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         self.train()

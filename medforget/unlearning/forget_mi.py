@@ -152,10 +152,12 @@ class ForgetMI(_TeacherStudent):
 
     # --- resumable perturbations --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["forget_mi_perturbation"] = {"image": self.image_perturbation.state_dict(),
                                                 "text": self.text_perturbation.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("forget_mi_perturbation")
         if state is not None:
             self.image_perturbation.load_state_dict(state["image"])

@@ -293,3 +293,17 @@ def test_cache_dir_is_keyed_by_image_size(tiny_datamodule_kwargs, tmp_path):
         dm.setup()
         batch = next(iter(dm.val_dataloader()))
         assert tuple(batch[keys.IMAGE].shape[1:]) == (1, size, size)
+
+
+@pytest.mark.parametrize("epoch", ["retain", "forget"])
+def test_unlearn_epoch_is_a_pass_over_retain_or_forget(epoch, forget_file, tiny_datamodule_kwargs):
+    dm = DicomReportDataModule(mode="unlearn", forget=str(forget_file), unlearn_epoch=epoch,
+                               forget_batch_size=2, **tiny_datamodule_kwargs)
+    dm.setup()
+    loader = dm.train_dataloader()
+    steps = sum(1 for _ in loader)
+    n_forget, n_retain = len(dm.indices["forget"]), len(dm.indices["retain"])
+    expected = -(-n_forget // 2) if epoch == "forget" else -(-n_retain // tiny_datamodule_kwargs["batch_size"])
+    assert steps == expected
+    with pytest.raises(ValueError, match="unlearn_epoch"):
+        DicomReportDataModule(mode="unlearn", forget=str(forget_file), unlearn_epoch="patients")
