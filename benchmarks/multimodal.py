@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--no-noise-floor", dest="noise_floor", action="store_false",
                         help="skip the second retrain (another seed) that measures the noise floor of the gaps")
+    parser.add_argument("--resume", action="store_true", help="skip the (seed, size) settings in results.json")
     parser.add_argument("--no-tune", action="store_true", help="use the first learning rate of each grid only")
     parser.add_argument("--quick", action="store_true", help="one seed, 6%%, 120 patients, 8 epochs: a smoke run")
     parser.add_argument("--verbose", dest="quiet", action="store_false", help="show Lightning's output")
@@ -215,8 +216,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     np.set_printoptions(precision=3)
 
     rows: list[dict] = []
+    results = args.out / "results.json"
+    if args.resume and results.exists():
+        rows = [r for r in json.loads(results.read_text())
+                if r["seed"] in args.seeds and r["fraction"] in args.fractions]
+        print(f"resuming: {len({(r['seed'], r['fraction']) for r in rows})} setting(s) already in {results}")
+    done = {(r["seed"], r["fraction"]) for r in rows}
     start = time.perf_counter()
     for seed in args.seeds:
+        if all((seed, f) in done for f in args.fractions):
+            continue
         root = args.out / f"seed{seed}"
         hospital = generate_hospital(root / "hospital", SyntheticConfig(
             num_patients=args.num_patients, image_size=args.image_size, seed=seed), overwrite=True)
@@ -228,9 +237,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                               "--overwrite=true", f"--trainer.enable_progress_bar={not args.quiet}",
                               f"--out={root / 'original'}"])
         for fraction in args.fractions:
+            if (seed, fraction) in done:
+                continue
             print(f"seed {seed}, forget {fraction:.0%}", flush=True)
             rows += run_setting(args, seed, fraction, hospital, original, root / f"forget{round(fraction * 100)}")
-            (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+            results.write_text(json.dumps(rows, indent=1))
     table = summarise(rows, args.methods)
     command = "python benchmarks/multimodal.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"Command: `{command.strip()}`  \nWall time: {time.perf_counter() - start:.0f} s; "

@@ -56,3 +56,14 @@ def trained_ckpt(tiny_hospital, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("original")
     return train([f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL, "--trainer.max_epochs=2",
                   "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", f"--out={out}"])
+
+
+@pytest.fixture(scope="session")
+def trained_image_ckpt(tiny_hospital, tmp_path_factory) -> Path:
+    """A tiny image-only classifier (``--model.modalities image``), for the vision methods as vision methods."""
+    from medforget.cli import train
+
+    out = tmp_path_factory.mktemp("original_image")
+    return train([f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL, "--model.modalities=image",
+                  "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+                  f"--out={out}"])

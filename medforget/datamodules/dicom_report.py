@@ -227,6 +227,13 @@ class DicomReportDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def part_dataloader(self, name: str, shuffle: bool = False) -> DataLoader:
+        """A loader over one part (``forget``, ``retain``, ``val``, ...): what methods that need a full pass over a
+        part (saliency masks, Fisher information, noise learning) iterate in their setup."""
+        if self.df is None:
+            self.setup()
+        return self._loader(name, shuffle)
+
     def train_dataloader(self):
         if self.mode == "unlearn":
             loaders = {

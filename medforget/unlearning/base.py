@@ -8,6 +8,7 @@ method touches one file and every registry-parametrized test exercises it.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -31,6 +32,7 @@ class UnlearningMethod(L.LightningModule):
     """
 
     registry: ClassVar[dict[str, type[UnlearningMethod]]] = {}
+    one_shot: ClassVar[bool] = False  # edits the weights once instead of training (no training steps)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -71,10 +73,26 @@ class UnlearningMethod(L.LightningModule):
             raise RuntimeError(f"{type(self).__name__} has no model: pass ckpt=... (--ckpt) or call attach()")
         return self.classifier.net
 
+    @property
+    def num_classes(self) -> int:
+        return int(self.classifier.hparams.num_classes)
+
     # --- batches ------------------------------------------------------------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         _ = self.net  # clear error if no model is attached
         return self.classifier.prepare_batch(batch)
+
+    def part_batches(self, name: str, loader_idx: int = 0) -> Iterator[dict]:
+        """Prepared (tokenized) batches of one datamodule part on the system's device, for setup-time passes over
+        a whole part (e.g. ``forget`` for saliency masks or Fisher information). Needs a datamodule with
+        ``part_dataloader(name)`` (:class:`~medforget.datamodules.dicom_report.DicomReportDataModule`)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "part_dataloader"):
+            raise RuntimeError(f"{type(self).__name__} needs a datamodule with part_dataloader() (fit with "
+                               "datamodule=DicomReportDataModule(mode='unlearn', ...))")
+        for batch in datamodule.part_dataloader(name):
+            yield self.transfer_batch_to_device(self.on_before_batch_transfer(batch, loader_idx), self.device,
+                                                loader_idx)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.net(batch)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import copy
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from medforget.datamodules import keys
 from medforget.unlearning.base import UnlearningMethod
 
 
@@ -85,3 +90,115 @@ class _TeacherStudent(UnlearningMethod):
     def on_train_start(self) -> None:
         super().on_train_start()
         self.train()
+
+
+# --- relabelling, distillation, random networks ------------------------------------------------------------------
+def random_wrong_labels(
+    labels: torch.Tensor, num_classes: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Uniformly random labels ``y' != y`` (RandomLabel, SalUn); ``labels`` unchanged, same device."""
+    if num_classes < 2:
+        raise ValueError("random wrong labels need at least 2 classes")
+    offset = torch.randint(1, num_classes, labels.shape, generator=generator).to(labels.device)
+    return (labels + offset) % num_classes
+
+
+def distillation_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """``KL(teacher || student)`` of the softened predictions, batch mean, scaled by ``T^2`` (Hinton et al.)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits.detach() / t, -1),
+                    log_target=True, reduction="batchmean") * t**2
+
+
+def randomly_initialised_copy(module: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``module`` with every layer re-initialised (its own ``reset_parameters``) from ``seed``: the same
+    architecture, no knowledge (BadTeacher's incompetent teacher)."""
+    copy_ = copy.deepcopy(module)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in copy_.modules():
+            if hasattr(m, "reset_parameters") and m is not copy_:
+                m.reset_parameters()
+    return copy_
+
+
+# --- importance estimates ----------------------------------------------------------------------------------------
+def squared_gradients(
+    method: UnlearningMethod, parts: Sequence[str], labels: str = "true", micro_batch: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher information ``E[(d CE / d theta)^2]`` of the trainable weights over the batches of
+    datamodule ``parts`` (mean of squared gradients of batch-mean losses), with the network in eval mode.
+
+    Args:
+        method: The unlearning system (its ``net`` and ``part_batches``).
+        parts: Datamodule parts to average over, e.g. ``("forget",)`` or ``("forget", "retain")``.
+        labels: ``true`` (empirical Fisher) or ``predicted`` (the model's own argmax labels).
+        micro_batch: Split each batch into chunks of this many samples, one gradient each (1: per-sample squared
+            gradients, the exact empirical Fisher; ``None``: one gradient per loader batch).
+    """
+    return _gradient_statistic(method, parts, labels, square=True, micro_batch=micro_batch)
+
+
+def gradient_magnitudes(method: UnlearningMethod, parts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``|d CE / d theta|`` of the mean loss over ``parts`` (SalUn's weight saliency)."""
+    return _gradient_statistic(method, parts, "true", square=False)
+
+
+def split_batch(batch: dict, size: int) -> list[dict]:
+    """Chunks of ``size`` samples of a batch dict (tensors and lists are sliced along the batch dimension)."""
+    n = len(batch[keys.LABEL])
+    return [{k: v[i:i + size] if isinstance(v, (torch.Tensor, list, tuple)) else v for k, v in batch.items()}
+            for i in range(0, n, size)]
+
+
+def _gradient_statistic(method: UnlearningMethod, parts: Sequence[str], labels: str, square: bool,
+                        micro_batch: int | None = None) -> dict[str, torch.Tensor]:
+    net = method.net
+    params = {n: p for n, p in net.named_parameters() if p.requires_grad}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    was_training = net.training
+    net.eval()
+    chunks = (c for part in parts for b in method.part_batches(part)
+              for c in (split_batch(b, micro_batch) if micro_batch else [b]))
+    count = 0
+    with torch.enable_grad():
+        for batch in chunks:
+            net.zero_grad(set_to_none=True)
+            logits = net(batch)["fused"]
+            target = logits.argmax(-1).detach() if labels == "predicted" else batch[keys.LABEL]
+            F.cross_entropy(logits, target).backward()
+            for n, p in params.items():
+                if p.grad is not None:
+                    total[n] += p.grad.detach() ** 2 if square else p.grad.detach()
+            count += 1
+    net.zero_grad(set_to_none=True)
+    net.train(was_training)
+    if count == 0:
+        raise ValueError(f"no batches in parts {tuple(parts)}")
+    return {n: v / count if square else (v / count).abs() for n, v in total.items()}
+
+
+# --- one-shot (training-free) methods ----------------------------------------------------------------------------
+class _OneShot(UnlearningMethod):
+    """Base of methods that edit the weights once (SSD, FisherForgetting) instead of training: :meth:`edit` runs at
+    the start of fitting, then the fit stops before the first step. Not registered (the name starts with ``_``)."""
+
+    one_shot: ClassVar[bool] = True
+
+    @abstractmethod
+    def edit(self) -> dict[str, float]:
+        """Change the weights of ``self.net`` in place; return figures to log (e.g. the fraction of weights hit)."""
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        with torch.no_grad():
+            stats = self.edit()
+        for k, v in stats.items():
+            self.log(f"unlearn/{k}", float(v))
+        self.edit_stats = stats
+        self.trainer.should_stop = True
+
+    def unlearning_loss(self, forget: dict, retain: dict) -> dict[str, torch.Tensor]:
+        raise RuntimeError(f"{type(self).__name__} is training-free: the fit stops after edit()")

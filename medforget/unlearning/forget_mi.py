@@ -65,7 +65,8 @@ class ForgetMI(_TeacherStudent):
             independent of encoder width and feature scale; ``False``: raw L2 distances.
         sigma: Standard deviation of the Gaussian image noise of D̃_f.
         text_level: Per-word probability of a text perturbation in D̃_f (0.3-0.5 in the paper).
-        seed: Seed of the perturbation generators.
+        perturbation_seed: Seed of the perturbation generators (named apart from ``data.seed``: Lightning merges
+            the hyperparameters of the system and the datamodule).
         freeze_bn_stats: Keep the student's BatchNorm layers in eval mode (running statistics fixed, affine weights
             trained), so that before any update student and teacher embeddings are identical.
         optimizer: ``adamw`` or ``sgd``.
@@ -83,7 +84,7 @@ class ForgetMI(_TeacherStudent):
         relative: bool = True,
         sigma: float = 0.1,
         text_level: float = 0.4,
-        seed: int = 0,
+        perturbation_seed: int = 0,
         freeze_bn_stats: bool = True,
         optimizer: Literal["adamw", "sgd"] = "adamw",
         weight_decay: float = 0.0,
@@ -97,8 +98,8 @@ class ForgetMI(_TeacherStudent):
         self.weights = normalise_weights(PRESETS[preset] if weights is None else weights)
         self.margin = float(margin)
         self.relative = relative
-        self.image_perturbation = ImagePerturbation(sigma, (0.0, 1.0), seed)
-        self.text_perturbation = TextPerturbation(text_level, seed=seed)
+        self.image_perturbation = ImagePerturbation(sigma, (0.0, 1.0), perturbation_seed)
+        self.text_perturbation = TextPerturbation(text_level, seed=perturbation_seed)
         self.freeze_bn_stats = freeze_bn_stats
         self.train(self.training)  # apply it to the classifier attached by super().__init__
 

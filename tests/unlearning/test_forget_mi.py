@@ -116,7 +116,7 @@ def test_loss_terms_are_finite_and_hinges_bounded(margin, trained_ckpt, forget_f
 
 
 def test_perturbation_state_is_checkpointed():
-    a, b = ForgetMI(seed=0), ForgetMI(seed=1)
+    a, b = ForgetMI(perturbation_seed=0), ForgetMI(perturbation_seed=1)
     a.text_perturbation(["pulmonary edema with effusion"])
     checkpoint: dict = {}
     a.on_save_checkpoint(checkpoint)
