@@ -91,3 +91,22 @@ def test_bad_teacher_is_random_and_frozen(trained_ckpt):
     assert not any(p.requires_grad for p in method.bad_teacher.parameters())
     again = randomly_initialised_copy(method.net, seed=3).state_dict()
     assert all(torch.equal(again[k], bad[k]) for k in weights), "the incompetent teacher is seeded"
+
+
+def test_unsir_noise_maximises_the_original_models_error(trained_ckpt, forget_file, tiny_datamodule_kwargs):
+    from medforget.unlearning import UNSIR
+
+    method = UNSIR(ckpt=str(trained_ckpt), noise_steps=15)
+    dm = DicomReportDataModule(mode="unlearn", forget=str(forget_file), **tiny_datamodule_kwargs)
+    dm.setup()
+    retain = method.classifier.prepare_batch(next(iter(dm.part_dataloader("retain"))))
+    classes = torch.arange(method.num_classes)
+    torch.manual_seed(0)
+    noise = method.learn_noise((1, 32, 32), classes, retain)
+    start = torch.randn_like(noise)
+    method.net.eval()
+    with torch.no_grad():
+        def ce(images):
+            return torch.nn.functional.cross_entropy(method.net(method._noise_batch(images, classes, retain))["fused"],
+                                                     classes)
+        assert ce(noise) > ce(start)
