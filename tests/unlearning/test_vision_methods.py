@@ -110,3 +110,33 @@ def test_unsir_noise_maximises_the_original_models_error(trained_ckpt, forget_fi
             return torch.nn.functional.cross_entropy(method.net(method._noise_batch(images, classes, retain))["fused"],
                                                      classes)
         assert ce(noise) > ce(start)
+
+
+def test_forgetting_rates_follow_each_scheme():
+    import math
+
+    from medforget.unlearning.forgetting_layers import forgetting_rates
+
+    act = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.7])
+    rank = forgetting_rates(act, "rank", 1.0, 5.0)
+    assert rank.tolist() == [5.0, 1.0, 3.0, 4.0, 2.0]  # most activated on D_f decays fastest
+    assert forgetting_rates(act, "position", 1.0, 5.0).tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    top = forgetting_rates(act, "top", 1.0, 5.0, top_fraction=0.4)
+    assert top[1] == 1.0 and top[4] == 1.0 and all(math.isinf(t) for t in top[[0, 2, 3]].tolist())
+    rand = forgetting_rates(act, "random", 1.0, 5.0, generator=torch.Generator().manual_seed(0))
+    assert sorted(rand.tolist()) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    with pytest.raises(ValueError):
+        forgetting_rates(act, "nope", 1.0, 5.0)
+
+
+def test_forgetting_layers_decay_is_exactly_exponential(trained_ckpt, forget_file, tiny_datamodule_kwargs):
+    from medforget.unlearning import ForgettingLayers
+
+    # lr 0 and SGD: only the decay moves the weights; 3 decay steps in the first (unlearn) phase of the cycle
+    method = ForgettingLayers(ckpt=str(trained_ckpt), lr=0.0, optimizer="sgd", momentum=0.0, scheme="rank",
+                              tau_min=2.0, tau_max=8.0, unlearn_steps=3, relearn_steps=5)
+    before = {h: method.net.heads[h].weight.detach().clone() for h in ("fused", "image", "text")}
+    _fit(method, forget_file, tiny_datamodule_kwargs, steps=5)
+    for head, tau in method.taus.items():
+        expected = before[head] * torch.exp(-3.0 / tau).float()
+        assert torch.allclose(method.net.heads[head].weight, expected, atol=1e-6), head
