@@ -92,8 +92,12 @@ def model_row(report: dict[str, Any], name: str) -> dict[str, float]:
     }
 
 
-def run_setting(args, seed: int, fraction: float, hospital: Path, original: Path, root: Path) -> list[dict]:
-    """Retrain and every method for one (seed, forget fraction); returns one row per model."""
+def run_setting(args, seed: int, fraction: float, hospital: Path, original: Path, root: Path,
+                methods: dict[str, tuple[str, list[str], list[float | None]]] | None = None) -> list[dict]:
+    """Retrain and every method for one (seed, forget fraction); returns one row per model. ``methods`` maps a
+    row name to ``(config file in configs/unlearn, extra flags, lr grid)`` (default :data:`METHODS`); an lr of
+    ``None`` keeps the config's (training-free methods have none)."""
+    methods = METHODS if methods is None else methods
     data = [f"--data.manifest={hospital}", f"--data.image_size={args.image_size}", f"--data.seed={seed}"]
     dm = DicomReportDataModule(str(hospital), image_size=args.image_size, seed=seed, cache_rate=0.0)
     dm.setup()
@@ -117,16 +121,18 @@ def run_setting(args, seed: int, fraction: float, hospital: Path, original: Path
                                                f"--data.exclude_patients={forget}", f"--out={root / RESEEDED}"]))
     chosen: dict[str, dict] = {}
     for name in args.methods:
-        config, extra, grid = METHODS[name]
+        config, extra, grid = methods[name]
         candidates = []
         for lr in grid if not args.no_tune else grid[:1]:
-            out = root / name / f"lr{lr:g}"
+            out = root / name / (f"lr{lr:g}" if lr is not None else "default")
+            lr_flag = [f"--model.init_args.lr={lr}"] if lr is not None else []
             with quiet(args.quiet):
                 path = unlearn([f"--config={ROOT / 'configs' / 'unlearn' / config}", *extra, f"--ckpt={original}",
-                                f"--forget={forget}", *common, f"--model.init_args.lr={lr}", f"--out={out}"])
+                                f"--forget={forget}", *common, *lr_flag, f"--out={out}"])
             selection = read_checkpoint(path)["medforget"]["provenance"]["selection"]
             candidates.append((selection.get("score", math.inf), lr, path, selection))
-            print(f"  {name:<20} lr {lr:<8g} validation score {selection.get('score', math.nan):.4f} "
+            score = selection.get("score", math.nan)
+            print(f"  {name:<20} lr {lr if lr is not None else '-':<8} validation score {score:.4f} "
                   f"(epoch {selection.get('epoch')}) {fit_seconds(path):.1f} s", flush=True)
         score, lr, path, selection = min(candidates, key=lambda c: c[0])
         checkpoints[name] = str(path)
@@ -150,8 +156,9 @@ def run_setting(args, seed: int, fraction: float, hospital: Path, original: Path
     return rows
 
 
-def summarise(rows: list[dict], methods: list[str]) -> str:
-    """Markdown tables, one per forget size: mean ± std over seeds, |gap| to retrain and the target average gap."""
+def summarise(rows: list[dict], methods: list[str], sort_by_gap: bool = False) -> str:
+    """Markdown tables, one per forget size: mean ± std over seeds, |gap| to retrain and the target average gap
+    (methods sorted by that gap with ``sort_by_gap``: a leaderboard)."""
     lines = []
     for fraction in sorted({r["fraction"] for r in rows}):
         at = [r for r in rows if r["fraction"] == fraction]
@@ -163,7 +170,8 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
                   "| model | " + " | ".join(f"{c} (\\|gap\\|)" for c in COLUMNS)
                   + " | avg \\|gap\\| (target 4) | time / retrain | lr |",
                   "|---" * (len(COLUMNS) + 4) + "|"]
-        for name in ["original", "retrained", RESEEDED, *methods]:
+        ordered = sorted(methods, key=lambda m: _avg_gap(at, reference, m)) if sort_by_gap else methods
+        for name in ["original", "retrained", RESEEDED, *ordered]:
             mine = [r for r in at if r["method"] == name]
             if not mine:
                 continue
@@ -172,14 +180,21 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
                 values = [r[c] for r in mine]
                 gaps = [abs(r[c] - reference[r["seed"]][c]) for r in mine]
                 cells.append(f"{_mean_std(values)} ({statistics.mean(gaps):.3f})")
-            avg_gap = statistics.mean(statistics.mean(abs(r[c] - reference[r["seed"]][c]) for c in TARGET)
-                                      for r in mine)
+            gap = _avg_gap(at, reference, name)
             time_fraction = [r["time_fraction"] for r in mine if "time_fraction" in r]
-            lrs = sorted({r["lr"] for r in mine if "lr" in r})
+            lrs = sorted({r["lr"] for r in mine if r.get("lr") is not None})
             lines.append(f"| {name} | " + " | ".join(cells)
-                         + f" | **{avg_gap:.3f}** | {_mean_std(time_fraction) if time_fraction else '-'} | "
+                         + f" | **{gap:.3f}** | {_mean_std(time_fraction) if time_fraction else '-'} | "
                          + (", ".join(f"{x:g}" for x in lrs) if lrs else "-") + " |")
     return "\n".join(lines)
+
+
+def _avg_gap(rows: list[dict], reference: dict[int, dict], name: str) -> float:
+    """Mean over seeds of the average |gap| to that seed's retrained model over the :data:`TARGET` metrics."""
+    mine = [r for r in rows if r["method"] == name]
+    if not mine:
+        return math.inf
+    return statistics.mean(statistics.mean(abs(r[c] - reference[r["seed"]][c]) for c in TARGET) for r in mine)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -191,12 +206,17 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f}±{statistics.stdev(values):.3f}"
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.03, 0.06, 0.10])
+def main(argv: list[str] | None = None, methods: dict[str, tuple[str, list[str], list[float | None]]] | None = None,
+         fractions: tuple[float, ...] = (0.03, 0.06, 0.10), sort_by_gap: bool = False, doc: str | None = None,
+         out: Path | None = None, script: str = "benchmarks/multimodal.py") -> list[dict]:
+    """Run the benchmark; ``methods``/``fractions``/``sort_by_gap`` let other scripts (the leaderboard) reuse it."""
+    methods = METHODS if methods is None else methods
+    doc = doc or __doc__
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(fractions))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(methods), choices=list(methods))
     parser.add_argument("--num-patients", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=25, help="training epochs of the original and retrained models")
@@ -207,7 +227,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no-tune", action="store_true", help="use the first learning rate of each grid only")
     parser.add_argument("--quick", action="store_true", help="one seed, 6%%, 120 patients, 8 epochs: a smoke run")
     parser.add_argument("--verbose", dest="quiet", action="store_false", help="show Lightning's output")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "runs" / "multimodal")
+    parser.add_argument("--out", type=Path, default=out or ROOT / "benchmarks" / "runs" / "multimodal")
     args = parser.parse_args(argv)
     if args.quick:
         args.fractions, args.seeds, args.num_patients, args.epochs = [0.06], [0], 120, 8
@@ -240,10 +260,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if (seed, fraction) in done:
                 continue
             print(f"seed {seed}, forget {fraction:.0%}", flush=True)
-            rows += run_setting(args, seed, fraction, hospital, original, root / f"forget{round(fraction * 100)}")
+            rows += run_setting(args, seed, fraction, hospital, original, root / f"forget{round(fraction * 100)}",
+                                {k: methods[k] for k in args.methods})
             results.write_text(json.dumps(rows, indent=1))
-    table = summarise(rows, args.methods)
-    command = "python benchmarks/multimodal.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = summarise(rows, args.methods, sort_by_gap)
+    command = f"python {script} " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"Command: `{command.strip()}`  \nWall time: {time.perf_counter() - start:.0f} s; "
               f"{args.num_patients} patients, {args.image_size}x{args.image_size}, {args.epochs} training epochs, "
               f"accelerator {args.accelerator}.")

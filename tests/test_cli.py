@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from medforget.checkpoint import read_checkpoint
 from medforget.cli import evaluate, main, synth, train, unlearn
 from tests.conftest import TINY_DATA, TINY_MODEL
 
@@ -107,3 +108,12 @@ def test_unknown_verb_and_help(capsys):
     assert "did you mean 'train'" in str(exc.value.code)
     main(["--help"])
     assert "unlearn" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["SSD", "SCRUB", "SalUn"])  # training-free, manual optimization, hard mask
+def test_unlearn_cli_runs_each_kind_of_method(method, tiny_hospital, forget_file, trained_ckpt, tmp_path):
+    out = unlearn([f"--method={method}", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
+                   f"--data.manifest={tiny_hospital}", *TINY_DATA, "--trainer.max_epochs=1", *QUIET,
+                   f"--out={tmp_path / 'u'}"])
+    provenance = read_checkpoint(out)["medforget"]["provenance"]
+    assert provenance["method"] == method

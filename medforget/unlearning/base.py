@@ -49,6 +49,10 @@ class UnlearningMethod(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # kept apart from hparams: save_hyperparameters records the *subclass's* arguments, which training-free
+        # methods (SSD, FisherForgetting) do not extend with these
+        self.optimizer_settings = {"lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
+                                   "momentum": momentum}
         self.classifier: FusionClassifier | None = None
         self.selection_reference: dict[str, float] | None = None
         self._last_selection: dict[str, dict[str, float]] = {}
@@ -187,11 +191,10 @@ class UnlearningMethod(L.LightningModule):
         return [p for p in self.net.parameters() if p.requires_grad]
 
     def configure_optimizers(self):
-        params = self.trainable_parameters()
-        if self.hparams.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.hparams.lr, momentum=self.hparams.momentum,
-                                   weight_decay=self.hparams.weight_decay)
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        params, cfg = self.trainable_parameters(), self.optimizer_settings
+        if cfg["optimizer"] == "sgd":
+            return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
 
 def list_methods() -> list[str]:
