@@ -135,7 +135,7 @@ class UnlearningMethod(L.LightningModule):
     def _gathered_outputs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         outputs = {}
         for part, chunks in self._val_outputs.items():
-            logits, labels = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+            logits, labels = _concat(chunks)
             if self.trainer.world_size > 1:  # DistributedSampler shards (and pads) each loader: gather every rank
                 logits = self.all_gather(logits).flatten(0, 1)
                 labels = self.all_gather(labels).flatten(0, 1)
@@ -164,19 +164,18 @@ class UnlearningMethod(L.LightningModule):
         if self.selection_reference is not None:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
-        loaders = datamodule.val_dataloader() if datamodule is not None else []
+        if not hasattr(datamodule, "part_dataloader"):
+            return
+        loaders = datamodule.val_dataloader()
         if not isinstance(loaders, (list, tuple)) or len(loaders) != len(keys.UNLEARN_VALIDATION_PARTS):
             return
         was_training = self.training
         self.eval()
         outputs = {}
         with torch.no_grad():
-            for idx, (part, loader) in enumerate(zip(keys.UNLEARN_VALIDATION_PARTS, loaders, strict=True)):
-                chunks = []
-                for batch in loader:
-                    batch = self.transfer_batch_to_device(self.on_before_batch_transfer(batch, idx), self.device, idx)
-                    chunks.append((self(batch)["fused"].float().cpu(), batch[keys.LABEL].cpu()))
-                outputs[part] = (torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
+            for part in keys.UNLEARN_VALIDATION_PARTS:
+                chunks = [(self(b)["fused"].float().cpu(), b[keys.LABEL].cpu()) for b in self.part_batches(part)]
+                outputs[part] = _concat(chunks)
         self.train(was_training)
         self.selection_reference = selection.part_metrics(outputs)
 
@@ -195,6 +194,11 @@ class UnlearningMethod(L.LightningModule):
         if cfg["optimizer"] == "sgd":
             return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
         return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def _concat(chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[(logits, labels), ...]`` of several batches -> one ``(logits, labels)``."""
+    return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
 
 
 def list_methods() -> list[str]:

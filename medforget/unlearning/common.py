@@ -112,6 +112,15 @@ def distillation_kl(
                     log_target=True, reduction="batchmean") * t**2
 
 
+def borrow_reports(batch: dict, reports: dict) -> dict:
+    """``batch`` with the tokenized reports of another batch: row ``k`` gets row ``k mod len(reports)`` of
+    ``reports``. Pairs images with text from other patients: MultiDelete's mismatched pairs, and the synthetic or
+    noise images of MultiGAN and UNSIR in a fusion model."""
+    ids = reports[keys.INPUT_IDS]
+    idx = torch.arange(len(batch[keys.IMAGE]), device=ids.device) % len(ids)
+    return {**batch, keys.INPUT_IDS: ids[idx], keys.ATTENTION_MASK: reports[keys.ATTENTION_MASK][idx]}
+
+
 def randomly_initialised_copy(module: nn.Module, seed: int = 0) -> nn.Module:
     """A copy of ``module`` with every layer re-initialised (its own ``reset_parameters``) from ``seed``: the same
     architecture, no knowledge (BadTeacher's incompetent teacher)."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from medforget.datamodules import keys
-from medforget.unlearning.common import _TeacherStudent, l2_distance
+from medforget.unlearning.common import _TeacherStudent, borrow_reports, l2_distance
 
 
 class MultiDelete(_TeacherStudent):
@@ -72,9 +72,7 @@ class MultiDelete(_TeacherStudent):
     @staticmethod
     def mismatched_pairs(forget: dict, retain: dict) -> dict[str, torch.Tensor]:
         """Forget images paired with retain reports: row ``k`` gets the report of retain row ``k mod B_r``."""
-        idx = torch.arange(len(forget[keys.IMAGE]), device=retain[keys.INPUT_IDS].device) % len(retain[keys.INPUT_IDS])
-        return {keys.IMAGE: forget[keys.IMAGE], keys.INPUT_IDS: retain[keys.INPUT_IDS][idx],
-                keys.ATTENTION_MASK: retain[keys.ATTENTION_MASK][idx]}
+        return borrow_reports({keys.IMAGE: forget[keys.IMAGE]}, retain)
 
     def unlearning_loss(self, forget: dict, retain: dict) -> dict[str, torch.Tensor]:
         net, teacher = self.net, self.teacher.module

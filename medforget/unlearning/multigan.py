@@ -8,7 +8,7 @@ import torch
 
 from medforget.datamodules import keys
 from medforget.models.gan import ConditionalGenerator, fit_conditional_gan
-from medforget.unlearning.common import _TeacherStudent, random_wrong_labels
+from medforget.unlearning.common import _TeacherStudent, borrow_reports, random_wrong_labels
 
 
 class MultiGAN(_TeacherStudent):
@@ -90,9 +90,7 @@ class MultiGAN(_TeacherStudent):
         with torch.no_grad():
             batch = {keys.IMAGE: self.generators[part].sample(labels, self.sample_generator)}
         if "text" in self.net.modalities:
-            idx = torch.arange(len(labels), device=self.device) % len(reports[keys.INPUT_IDS])
-            batch[keys.INPUT_IDS] = reports[keys.INPUT_IDS][idx]
-            batch[keys.ATTENTION_MASK] = reports[keys.ATTENTION_MASK][idx]
+            batch = borrow_reports(batch, reports)
         with torch.no_grad():
             batch[keys.LABEL] = self.teacher(batch)["fused"].argmax(-1)
         return batch

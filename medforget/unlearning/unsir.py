@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from medforget.datamodules import keys
 from medforget.unlearning.base import UnlearningMethod
+from medforget.unlearning.common import borrow_reports
 
 
 class UNSIR(UnlearningMethod):
@@ -78,11 +79,7 @@ class UNSIR(UnlearningMethod):
 
     def _noise_batch(self, noise: torch.Tensor, labels: torch.Tensor, reports: dict) -> dict:
         batch = {keys.IMAGE: noise[labels], keys.LABEL: labels}
-        if "text" in self.net.modalities:
-            idx = torch.arange(len(labels), device=labels.device) % len(reports[keys.INPUT_IDS])
-            batch[keys.INPUT_IDS] = reports[keys.INPUT_IDS][idx]
-            batch[keys.ATTENTION_MASK] = reports[keys.ATTENTION_MASK][idx]
-        return batch
+        return borrow_reports(batch, reports) if "text" in self.net.modalities else batch
 
     def on_train_start(self) -> None:
         super().on_train_start()
