@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -19,10 +21,94 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from medforget.datamodules import keys
 from medforget.datamodules.manifest import load_manifest, manifest_hash
 from medforget.datamodules.splits import assign_splits, resolve_forget
-from medforget.datamodules.transforms import image_transforms
+from medforget.datamodules.transforms import DicomError, image_transforms
 
 Mode = Literal["train", "unlearn", "evaluate"]
 RETAIN_SAMPLE_MIN = 8  # patients in the retain sample scored for checkpoint selection (at least)
+MAX_LISTED = 50  # unreadable images named in an error message or log line (all are in the exception / attribute)
+PROBE_BATCH = 64
+log = logging.getLogger(__name__)
+
+
+class UnreadableImagesError(DicomError):
+    """Images of the manifest cannot be read (``on_bad_image="fail"``); ``problems`` names every file and why.
+
+    Args:
+        problems: ``{image path: message}``; each message names the file and the failing element.
+        total: Number of images checked.
+    """
+
+    def __init__(self, problems: dict[str, str], total: int) -> None:
+        self.paths = list(problems)
+        self.problems = list(problems.values())
+        shown = self.problems[:MAX_LISTED]
+        more = f"\n  ... and {len(self.problems) - MAX_LISTED} more" if len(self.problems) > MAX_LISTED else ""
+        super().__init__(
+            f"{len(self.problems)} of {total} image(s) cannot be read (data.on_bad_image='skip' leaves them out):\n  "
+            + "\n  ".join(shown) + more
+        )
+
+
+def _file_state_hash(item: dict) -> bytes:
+    """Disk-cache key of an item: the item and its image file's size and modification time, so that a repaired or
+    replaced DICOM file is decoded again instead of being served stale from ``cache_dir``."""
+    try:
+        stat = os.stat(str(item[keys.IMAGE]))
+        state: tuple[int, int] | None = (stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        state = None
+    return pickle_hashing({**item, "_image_file_state": state})
+
+
+def _image_error(err: BaseException, path: object) -> str:
+    """The message of the :class:`DicomError` behind ``err`` (MONAI wraps transform errors), else a generic one."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, DicomError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return f"{path}: cannot be loaded ({type(err).__name__}: {' '.join(str(err).split())[:300]})"
+
+
+class _ImageErrorProbe(Dataset):
+    """``None`` or the error message of each item of a MONAI dataset, decoding only what is not cached yet."""
+
+    def __init__(self, dataset: Dataset, items: Sequence[dict]) -> None:
+        self.dataset = dataset
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _cached_on_disk(self, i: int) -> bool:
+        ds = self.dataset
+        if not isinstance(ds, PersistentDataset) or ds.cache_dir is None:
+            return False
+        name = ds.hash_func(self.items[i]).decode("utf-8") + ds.transform_hash
+        return (Path(ds.cache_dir) / f"{name}.pt").is_file()  # only successfully decoded items are written
+
+    def __getitem__(self, i: int) -> str | None:
+        if self._cached_on_disk(i):
+            return None
+        try:
+            item = self.dataset[i]
+        except Exception as err:  # any failure of one file is reported, by file
+            return _image_error(err, self.items[i][keys.IMAGE])
+        return item.get(keys.IMAGE_ERROR)
+
+
+class _ImageSubset(Subset):
+    """A :class:`~torch.utils.data.Subset` that raises the :class:`DicomError` of an unreadable image (an item that
+    ``image_transforms(on_error="mark")`` marked), naming the file, instead of collating a blank image."""
+
+    def __getitem__(self, idx: Any) -> Any:
+        item = super().__getitem__(idx)
+        if isinstance(item, dict) and keys.IMAGE_ERROR in item:
+            raise DicomError(item[keys.IMAGE_ERROR])
+        return item
+
+    def __getitems__(self, indices: list[int]) -> list:
+        return [self[i] for i in indices]
 
 
 def default_synthetic_manifest() -> Path:
@@ -66,6 +152,13 @@ class DicomReportDataModule(L.LightningDataModule):
         cache_rate: Fraction of decoded images kept in memory (MONAI ``CacheDataset``).
         cache_dir: If set, decoded images are cached on disk instead (MONAI ``PersistentDataset``).
         multiframe: ``first`` frame of multi-frame DICOMs, or ``error``.
+        on_bad_image: What to do with images that cannot be read (corrupt or truncated DICOM, pixel data no installed
+            handler can decode, colour images, multi-frame images with ``multiframe: error``, ...). Every image is
+            decoded once at :meth:`setup` (the decoded images fill the cache, or are already in ``cache_dir``), so
+            these are found before training instead of mid-epoch in a DataLoader worker. ``fail`` raises one
+            :class:`UnreadableImagesError` listing every such file and the element at fault; ``skip`` leaves their
+            rows out of every part, logs their paths (only paths: no patient IDs, no report text) and lists them in
+            :attr:`skipped_images`.
     """
 
     def __init__(
@@ -86,6 +179,7 @@ class DicomReportDataModule(L.LightningDataModule):
         cache_rate: float = 1.0,
         cache_dir: str | None = None,
         multiframe: Literal["first", "error"] = "first",
+        on_bad_image: Literal["fail", "skip"] = "fail",
     ) -> None:
         super().__init__()
         if mode == "unlearn" and forget is None:
@@ -110,7 +204,13 @@ class DicomReportDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.cache_rate = cache_rate
         self.cache_dir = cache_dir
+        if multiframe not in ("first", "error"):
+            raise ValueError(f"data.multiframe must be 'first' or 'error', got {multiframe!r}")
         self.multiframe = multiframe
+        if on_bad_image not in ("fail", "skip"):
+            raise ValueError(f"data.on_bad_image must be 'fail' or 'skip', got {on_bad_image!r}")
+        self.on_bad_image = on_bad_image
+        self.skipped_images: list[str] = []
         self.df: pd.DataFrame | None = None
         self.indices: dict[str, np.ndarray] = {}
         self._dataset: Dataset | None = None
@@ -128,7 +228,6 @@ class DicomReportDataModule(L.LightningDataModule):
         self.manifest_path = manifest
         df = load_manifest(manifest, self.num_classes)
         df["split"] = assign_splits(df, self.val_fraction, self.test_fraction, self.seed).to_numpy()
-        self.df = df
         split = df["split"].to_numpy()
         idx = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
         self.split_fingerprint = hashlib.sha256(
@@ -141,19 +240,13 @@ class DicomReportDataModule(L.LightningDataModule):
         if self.forget is not None:
             idx["forget"] = resolve_forget(self.forget, df["split"], df["patient_id"])
             idx["retain"] = np.setdiff1d(idx["train"], idx["forget"])
-            if len(idx["retain"]) == 0:
-                raise ValueError("the forget request covers every training patient; nothing would be retained")
-            idx[keys.RETAIN_SAMPLE] = self._retain_sample(df, idx["retain"], idx["forget"])
-        if len(idx["train"]) == 0:
-            raise ValueError(f"{manifest}: the training split is empty")
-        self.indices = idx
+        self._check_parts(manifest, idx)  # before decoding any image
         needed = {
             "train": ("train", "val", "test"),
             "unlearn": ("forget", "retain", "val"),
             "evaluate": ("forget", "retain", "train", "val", "test"),
         }[self.mode]
         rows = np.unique(np.concatenate([idx[k] for k in needed if k in idx]))
-        self._position = {int(r): p for p, r in enumerate(rows)}
         items = [
             {
                 keys.IMAGE: df.at[r, "image_path"],
@@ -165,14 +258,55 @@ class DicomReportDataModule(L.LightningDataModule):
             }
             for r in rows
         ]
-        transform = image_transforms(self.image_size, self.multiframe)
         if self.cache_dir is not None:
-            # hash_transform: the cache key covers image_size/multiframe (no stale images after a change)
-            self._dataset = PersistentDataset(items, transform, cache_dir=self.cache_dir,
-                                              hash_transform=pickle_hashing)
-        else:
-            self._dataset = CacheDataset(items, transform, cache_rate=self.cache_rate, num_workers=None,
-                                         progress=len(items) > 200)
+            # hash_transform: the cache key covers image_size/multiframe (no stale images after a change); the item
+            # hash covers the file's size and mtime. Errors are raised, so only readable images are written.
+            dataset: Dataset = PersistentDataset(items, image_transforms(self.image_size, self.multiframe),
+                                                 cache_dir=self.cache_dir, hash_func=_file_state_hash,
+                                                 hash_transform=pickle_hashing)
+        else:  # unreadable images are cached as marked items (a crash would abort the whole cache fill)
+            dataset = CacheDataset(items, image_transforms(self.image_size, self.multiframe, on_error="mark"),
+                                   cache_rate=self.cache_rate, num_workers=None, progress=len(items) > 200)
+        bad = self._unreadable_images(dataset, items)
+        if bad:
+            paths = {str(items[p][keys.IMAGE]): message for p, message in bad.items()}
+            if self.on_bad_image == "fail":
+                raise UnreadableImagesError(paths, len(items))
+            self.skipped_images = sorted(paths)
+            listed, n = self.skipped_images[:MAX_LISTED], len(self.skipped_images)
+            more = f"\n  ... and {n - MAX_LISTED} more" if n > MAX_LISTED else ""
+            log.warning("skipping %d of %d image(s) that cannot be read (data.on_bad_image='skip'):\n  %s%s",
+                        n, len(items), "\n  ".join(listed), more)
+            dropped = rows[sorted(bad)]
+            idx = {name: np.setdiff1d(part, dropped) for name, part in idx.items()}
+            self._check_parts(manifest, idx, after_skipping=True)
+        if "forget" in idx:
+            idx[keys.RETAIN_SAMPLE] = self._retain_sample(df, idx["retain"], idx["forget"])
+        self._position = {int(r): p for p, r in enumerate(rows)}
+        self._dataset = dataset
+        self.indices = idx
+        self.df = df  # last: a failed setup is not mistaken for a finished one
+
+    def _check_parts(self, manifest: Path, idx: dict[str, np.ndarray], after_skipping: bool = False) -> None:
+        """Reject a setup whose training, retain or forget part is empty."""
+        why = " once the unreadable images are skipped" if after_skipping else ""
+        if "forget" in idx:
+            if len(idx["retain"]) == 0:
+                raise ValueError(f"the forget request covers every training patient{why}; nothing would be retained")
+            if len(idx["forget"]) == 0:
+                raise ValueError(f"no image of the forget request's patients is left{why}")
+        if len(idx["train"]) == 0:
+            raise ValueError(f"{manifest}: the training split is empty{why}")
+
+    def _unreadable_images(self, dataset: Dataset, items: list[dict]) -> dict[int, str]:
+        """``{position: message}`` of the items whose image cannot be read. Cached images are not decoded again;
+        the others are decoded here (with ``num_workers`` processes), which fills a ``cache_dir``."""
+        probe = _ImageErrorProbe(dataset, items)
+        decodes = self.cache_dir is not None or self.cache_rate < 1.0
+        loader = DataLoader(probe, batch_size=PROBE_BATCH, shuffle=False, collate_fn=list,
+                            num_workers=self.num_workers if decodes else 0)
+        errors = [message for batch in loader for message in batch]
+        return {p: message for p, message in enumerate(errors) if message is not None}
 
     def _retain_sample(self, df: pd.DataFrame, retain: np.ndarray, forget: np.ndarray) -> np.ndarray:
         """Rows of a seeded sample of retain patients, as many patients as the forget part (at least
@@ -191,7 +325,7 @@ class DicomReportDataModule(L.LightningDataModule):
             self.setup()
         if name not in self.indices:
             raise KeyError(f"no {name!r} part in mode {self.mode!r} (forget request given: {self.forget is not None})")
-        return Subset(self._dataset, [self._position[int(r)] for r in self.indices[name]])
+        return _ImageSubset(self._dataset, [self._position[int(r)] for r in self.indices[name]])
 
     def train_reports(self) -> list[str]:
         """Reports of the training rows (excluded patients removed): what a tokenizer may be trained on."""

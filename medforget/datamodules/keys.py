@@ -17,3 +17,7 @@ VAL = "val"
 # Validation dataloaders of the unlearn mode, in dataloader_idx order (checkpoint selection, see
 # medforget.unlearning.selection): the forget patients, a sample of retain patients and the held-out val patients.
 UNLEARN_VALIDATION_PARTS = (FORGET, RETAIN_SAMPLE, VAL)
+
+# Set (with a blank image) only on items whose DICOM could not be read (image_transforms(on_error="mark")); the
+# datamodule lists those files at setup and keeps them out of every loader.
+IMAGE_ERROR = "image_error"

@@ -8,6 +8,7 @@ Validation happens up front and lists every bad row instead of failing mid-epoch
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -110,7 +111,9 @@ def load_manifest(path: str | Path, num_classes: int, check_files: bool = True) 
                 problems.append(f"{where}: label {label} out of range [0, {num_classes})")
         labels.append(label)
 
-    dup = df.duplicated(subset=["study_id", "image_path"], keep="first")
+    # the same study and image file, however the path is written (relative or absolute, with ./ or ../)
+    same_file = pd.DataFrame({"study_id": df["study_id"], "image": [os.path.normpath(p) for p in image_paths]})
+    dup = same_file.duplicated(keep="first")
     for i in df.index[dup]:
         problems.append(f"row {i + 2} (study_id={df.at[i, 'study_id']!r}): duplicate of an earlier row")
     if "split" in df.columns:

@@ -1,32 +1,225 @@
 """DICOM reading and MONAI dictionary transforms.
 
 :func:`read_dicom` turns a DICOM file into the image a radiologist sees, in ``[0, 1]``: Modality LUT (Rescale
-Slope/Intercept), VOI LUT or linear window (Window Center/Width), and MONOCHROME1 inversion. :class:`LoadDicomd`
-is the MONAI dictionary transform around it; :func:`image_transforms` is the deterministic pipeline that
-``CacheDataset`` caches, so DICOM decoding is not repeated every epoch.
+Slope/Intercept or Modality LUT Sequence), VOI LUT Sequence or window (Window Center/Width with the LINEAR,
+LINEAR_EXACT or SIGMOID VOI LUT Function), and MONOCHROME1 inversion. Compressed transfer syntaxes are decoded by
+pydicom's pixel-data handlers (Pillow, pylibjpeg, GDCM, pyjpegls, pydicom's own RLE decoder): when none is installed
+for a file's transfer syntax the error names the file and the packages to install. Every failure is a
+:class:`DicomError` naming the file and the failing element.
+
+:class:`LoadDicomd` is the MONAI dictionary transform around it; :func:`image_transforms` is the deterministic pipeline
+that ``CacheDataset`` caches, so DICOM decoding is not repeated every epoch.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import Compose, EnsureTyped, MapTransform, Resized
+
+from medforget.datamodules import keys
+
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+PIP_NAMES = {"gdcm": "python-gdcm"}  # import name in pydicom's dependency list -> pip name
+MAX_REASON = 300  # characters of a handler's own error message kept in ours
 
 
 class DicomError(ValueError):
     """A DICOM file could not be read or is not a usable single-channel image; the message names the file."""
 
 
-def _window(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2.1 linear VOI function, mapped to ``[0, 1]``."""
+def _short(err: BaseException) -> str:
+    """``Type: message`` of an exception on one line, cut to :data:`MAX_REASON` characters."""
+    text = " ".join(str(err).split())
+    if len(text) > MAX_REASON:
+        text = text[: MAX_REASON - 3] + "..."
+    return f"{type(err).__name__}: {text}"
+
+
+def install_hint(missing_dependencies: list[str]) -> str:
+    """Turn pydicom's ``missing_dependencies`` strings into ``pip install`` commands.
+
+    Args:
+        missing_dependencies: Entries such as ``"pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1"``
+            (``Decoder.missing_dependencies``).
+
+    Returns:
+        For example ``"`pip install pylibjpeg pylibjpeg-libjpeg` (pylibjpeg) or `pip install python-gdcm` (gdcm)"``;
+        entries that do not follow pydicom's format are passed through unchanged.
+    """
+    options = []
+    for entry in missing_dependencies:
+        plugin, sep, needs = entry.partition(" - requires ")
+        if not sep:
+            options.append(entry)
+            continue
+        packages = []
+        for requirement in re.split(r",\s*|\s+and\s+", needs):
+            name = re.split(r"[<>=!~;\[\s]", requirement.strip(), maxsplit=1)[0]
+            if name and name != "numpy":
+                packages.append(PIP_NAMES.get(name, name))
+        options.append(f"`pip install {' '.join(packages)}` ({plugin.strip()})" if packages else entry)
+    return " or ".join(options)
+
+
+def _decode_error(path: Path, ds: Any, err: Exception) -> DicomError:
+    """The :class:`DicomError` for a failure of ``pixel_array``: missing handler, handler failure or bad data."""
+    from pydicom.pixels import get_decoder
+
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if not ts:
+        return DicomError(f"{path}: no TransferSyntaxUID (0002,0010) in the file meta, so PixelData cannot be "
+                          f"decoded ({_short(err)})")
+    name = ts.name
+    if not ts.is_transfer_syntax:
+        return DicomError(f"{path}: TransferSyntaxUID {str(ts)!r} is not a known transfer syntax; cannot decode "
+                          f"PixelData ({_short(err)})")
+    if ts.is_compressed:
+        try:
+            decoder = get_decoder(ts)
+        except NotImplementedError:
+            return DicomError(f"{path}: PixelData uses transfer syntax {name!r}, which no pydicom pixel-data handler "
+                              "can decode")
+        hint = install_hint(decoder.missing_dependencies)
+        if not decoder.is_available:
+            return DicomError(f"{path}: cannot decode PixelData: no pixel-data handler for transfer syntax {name!r} "
+                              f"is installed; install one: {hint}")
+        tried = ", ".join(decoder.available_plugins)
+        more = f"; another handler may decode it: {hint}" if hint else ""
+        return DicomError(f"{path}: PixelData ({name}) could not be decoded by the installed handler(s) {tried}: "
+                          f"{_short(err)}; the data may be corrupt{more}")
+    return DicomError(f"{path}: PixelData is corrupt or truncated ({_short(err)})")
+
+
+def _int_element(ds: Any, path: Path, keyword: str, default: int | None = None) -> int:
+    """An integer element of the Image Pixel module, or a :class:`DicomError` naming it."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        if default is None:
+            raise DicomError(f"{path}: missing {keyword} element")
+        return default
+    try:
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(value)
+    except (TypeError, ValueError) as err:
+        raise DicomError(f"{path}: invalid {keyword} {str(value)!r} (not an integer)") from err
+    return int(number)
+
+
+def _float_value(ds: Any, path: Path, keyword: str, default: float | None = None) -> float:
+    """A finite decimal element (the first value of a multi-valued one), or a :class:`DicomError` naming it."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        if default is None:
+            raise DicomError(f"{path}: missing {keyword} element")
+        return default
+    if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
+        if len(value) == 0:
+            raise DicomError(f"{path}: empty {keyword} element")
+        value = value[0]
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as err:
+        raise DicomError(f"{path}: invalid {keyword} {str(value)!r} (not a number)") from err
+    if not math.isfinite(number):
+        raise DicomError(f"{path}: invalid {keyword} {number} (not finite)")
+    return number
+
+
+def _window(x: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 VOI LUT functions (LINEAR, LINEAR_EXACT, SIGMOID), mapped to ``[0, 1]``."""
+    if function == "LINEAR_EXACT":
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if function == "SIGMOID":
+        with np.errstate(over="ignore"):  # exp overflow saturates to 0, as it should
+            return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
     width = max(float(width), 1.0)
     if width == 1.0:  # the linear segment is empty: a threshold at c - 0.5 (dividing by w - 1 gave NaN there)
         return (x > center - 0.5).astype(np.float64)
     return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def _modality(arr: np.ndarray, ds: Any, path: Path) -> np.ndarray:
+    """Modality LUT: Modality LUT Sequence, else Rescale Slope/Intercept (1 and 0 when absent)."""
+    if "ModalityLUTSequence" in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        try:
+            return apply_modality_lut(arr, ds).astype(np.float64)
+        except Exception as err:
+            raise DicomError(f"{path}: invalid ModalityLUTSequence ({_short(err)})") from err
+    slope = _float_value(ds, path, "RescaleSlope", 1.0)
+    intercept = _float_value(ds, path, "RescaleIntercept", 0.0)
+    return arr.astype(np.float64) * slope + intercept
+
+
+def _lut_table(item: Any, ds: Any, entries: int) -> np.ndarray:
+    """The entries of a LUT item's LUT Data as float64 (US values, or OW words in the dataset's byte order)."""
+    data = item.LUTData
+    if isinstance(data, bytes):
+        little = getattr(ds, "original_encoding", (None, None))[1]
+        if little is None:
+            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            little = ts.is_little_endian if ts and ts.is_transfer_syntax else True
+        table = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2" if little else ">u2")
+    else:
+        table = np.atleast_1d(np.asarray(data, dtype=np.float64))
+    if len(table) < entries:
+        raise ValueError(f"LUTData has {len(table)} entries, LUTDescriptor announces {entries}")
+    return table[:entries].astype(np.float64)
+
+
+def _voi_lut(values: np.ndarray, ds: Any, path: Path) -> np.ndarray:
+    """First VOI LUT of the VOI LUT Sequence applied to modality values, scaled by its nominal output depth.
+
+    PS3.3 C.11.2.1.1: input values below the first mapped value take the first entry, above the last the last; the
+    third LUTDescriptor value ``n`` (8 or 10-16) gives the output range ``[0, 2**n - 1]``, mapped to ``[0, 1]``.
+    """
+    try:
+        item = ds.VOILUTSequence[0]
+        entries, first, bits = (int(v) for v in item.LUTDescriptor)
+        entries = entries or 2**16
+        if not (bits == 8 or 10 <= bits <= 16):
+            raise ValueError(f"LUTDescriptor bits per entry {bits} is not 8 or 10-16")
+        if "LUTData" not in item:
+            raise ValueError("no LUTData")
+        table = _lut_table(item, ds, entries)
+    except Exception as err:
+        raise DicomError(f"{path}: invalid VOILUTSequence (LUTDescriptor/LUTData) ({_short(err)})") from err
+    index = np.clip(np.rint(values) - first, 0, entries - 1).astype(np.int64)
+    return np.clip(table[index] / (2**bits - 1), 0.0, 1.0)
+
+
+def _display(arr: np.ndarray, ds: Any, path: Path) -> np.ndarray:
+    """Stored values -> displayed image in ``[0, 1]`` (Modality LUT, VOI LUT or window or min-max, inversion)."""
+    values = _modality(arr, ds, path)
+    if not np.isfinite(values).all():
+        raise DicomError(f"{path}: PixelData holds non-finite values (NaN or infinity)")
+    if ds.get("VOILUTSequence"):
+        img = _voi_lut(values, ds, path)
+    elif ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
+        center = _float_value(ds, path, "WindowCenter")
+        width = _float_value(ds, path, "WindowWidth")
+        function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+        if function not in VOI_FUNCTIONS:
+            raise DicomError(f"{path}: VOILUTFunction {function!r} is not one of {VOI_FUNCTIONS}")
+        if function != "LINEAR" and width <= 0:
+            raise DicomError(f"{path}: WindowWidth {width} must be > 0 for VOILUTFunction {function}")
+        img = _window(values, center, width, function)
+    else:
+        lo, hi = float(values.min()), float(values.max())
+        img = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        img = 1.0 - img
+    return img
 
 
 def read_dicom(path: str | Path, multiframe: Literal["first", "error"] = "first") -> np.ndarray:
@@ -34,61 +227,53 @@ def read_dicom(path: str | Path, multiframe: Literal["first", "error"] = "first"
 
     Args:
         path: DICOM file.
-        multiframe: ``"first"`` takes the first frame of a multi-frame image; ``"error"`` rejects it.
+        multiframe: ``"first"`` takes the first frame of a multi-frame image (only that frame is decoded);
+            ``"error"`` rejects multi-frame images.
 
     Raises:
-        DicomError: naming the file and the failing element (missing pixel data, missing decoder for a compressed
-            transfer syntax, truncated file, colour image, ...).
+        DicomError: naming the file and the failing element (missing file, not DICOM, truncated or corrupt
+            PixelData, missing pixel-data handler for a compressed transfer syntax and the package to install,
+            colour image, invalid Rows/NumberOfFrames/window/LUT elements, ...).
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import pixel_array
 
     path = Path(path)
     try:
         ds = pydicom.dcmread(path)
     except FileNotFoundError as err:
         raise DicomError(f"{path}: file not found") from err
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as err:
-        raise DicomError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from err
+    except Exception as err:  # InvalidDicomError, EOFError, struct errors, ...: all mean "not readable"
+        raise DicomError(f"{path}: not a readable DICOM file ({_short(err)})") from err
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DicomError(f"{path}: no PixelData element")
-    try:
-        arr = ds.pixel_array
-    except (NotImplementedError, RuntimeError) as err:  # no handler for the transfer syntax
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(ts, "name", ts)
-        raise DicomError(
-            f"{path}: cannot decode PixelData with transfer syntax {name!r}: {err}. "
-            "Install a pixel-data handler (e.g. `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`)."
-        ) from err
-    except (ValueError, EOFError, OSError, AttributeError, KeyError) as err:
-        raise DicomError(f"{path}: PixelData is corrupt or truncated ({type(err).__name__}: {err})") from err
-    samples = int(getattr(ds, "SamplesPerPixel", 1))
+    samples = _int_element(ds, path, "SamplesPerPixel", 1)
     if samples != 1:
         raise DicomError(f"{path}: SamplesPerPixel={samples}; only single-channel (grayscale) images are supported")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        if multiframe == "error":
-            raise DicomError(f"{path}: NumberOfFrames={frames}; multi-frame images are rejected (multiframe='error')")
-        arr = arr[0]
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric not in GRAYSCALE:
+        raise DicomError(f"{path}: PhotometricInterpretation={photometric!r}; only grayscale {' or '.join(GRAYSCALE)} "
+                         "images are supported")
+    for keyword in ("Rows", "Columns"):
+        if _int_element(ds, path, keyword) < 1:
+            raise DicomError(f"{path}: {keyword}={ds.get(keyword)} (an image needs at least one)")
+    frames = _int_element(ds, path, "NumberOfFrames", 1)
+    if frames < 1:
+        raise DicomError(f"{path}: invalid NumberOfFrames {frames}")
+    if frames > 1 and multiframe == "error":
+        raise DicomError(f"{path}: NumberOfFrames={frames}; multi-frame images are rejected (multiframe='error')")
+    try:
+        arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
+    except Exception as err:
+        raise _decode_error(path, ds, err) from err
     if arr.ndim != 2:
         raise DicomError(f"{path}: expected a 2-D image, got shape {arr.shape}")
-    values = apply_modality_lut(arr, ds).astype(np.float64)
-    if "VOILUTSequence" in ds:
-        lut = ds.VOILUTSequence[0]
-        bits = int(lut.LUTDescriptor[2])
-        out = apply_voi_lut(arr if "ModalityLUTSequence" in ds else values, ds, prefer_lut=True)
-        img = np.clip(out.astype(np.float64) / (2**bits - 1), 0.0, 1.0)
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        center = ds.WindowCenter[0] if ds["WindowCenter"].VM > 1 else ds.WindowCenter
-        width = ds.WindowWidth[0] if ds["WindowWidth"].VM > 1 else ds.WindowWidth
-        img = _window(values, float(center), float(width))
-    else:
-        lo, hi = float(values.min()), float(values.max())
-        img = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
-        img = 1.0 - img
+    try:
+        img = _display(arr, ds, path)
+    except DicomError:
+        raise
+    except Exception as err:  # an unforeseen malformed element: still name the file
+        raise DicomError(f"{path}: cannot compute the displayed image ({_short(err)})") from err
     return img.astype(np.float32)
 
 
@@ -98,6 +283,9 @@ class LoadDicomd(MapTransform):
     Args:
         keys: Keys holding DICOM file paths.
         multiframe: See :func:`read_dicom`.
+        on_error: ``"raise"`` raises the :class:`DicomError`; ``"mark"`` stores its message under
+            ``f"{key}_error"`` (:data:`medforget.datamodules.keys.IMAGE_ERROR` for ``image``) and a blank ``(1, 1, 1)``
+            image, so that a dataset can list every unreadable file at once instead of stopping at the first.
         allow_missing_keys: MONAI's usual flag.
     """
 
@@ -105,24 +293,42 @@ class LoadDicomd(MapTransform):
         self,
         keys: KeysCollection,
         multiframe: Literal["first", "error"] = "first",
+        on_error: Literal["raise", "mark"] = "raise",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if on_error not in ("raise", "mark"):
+            raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
         self.multiframe = multiframe
+        self.on_error = on_error
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = read_dicom(str(d[key]), self.multiframe)[None]  # (1, H, W)
+            try:
+                d[key] = read_dicom(str(d[key]), self.multiframe)[None]  # (1, H, W)
+            except DicomError as err:
+                if self.on_error == "raise":
+                    raise
+                d[f"{key}_error"] = str(err)
+                d[key] = np.zeros((1, 1, 1), np.float32)
         return d
 
 
-def image_transforms(image_size: int, multiframe: Literal["first", "error"] = "first") -> Compose:
-    """Deterministic image pipeline: read + window + invert, resize to ``image_size``, plain float tensor."""
+def image_transforms(
+    image_size: int, multiframe: Literal["first", "error"] = "first", on_error: Literal["raise", "mark"] = "raise"
+) -> Compose:
+    """Deterministic image pipeline: read + window + invert, resize to ``image_size``, plain float tensor.
+
+    Args:
+        image_size: Output images are ``(1, image_size, image_size)``.
+        multiframe: See :func:`read_dicom`.
+        on_error: See :class:`LoadDicomd` (``"mark"`` puts the error under :data:`keys.IMAGE_ERROR`).
+    """
     return Compose(
         [
-            LoadDicomd("image", multiframe=multiframe),
-            Resized("image", spatial_size=(image_size, image_size), mode="area"),
-            EnsureTyped("image", track_meta=False),
+            LoadDicomd(keys.IMAGE, multiframe=multiframe, on_error=on_error),
+            Resized(keys.IMAGE, spatial_size=(image_size, image_size), mode="area"),
+            EnsureTyped(keys.IMAGE, track_meta=False),
         ]
     )

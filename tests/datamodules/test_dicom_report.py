@@ -272,17 +272,18 @@ def test_cache_dir_uses_persistent_dataset(tiny_datamodule_kwargs, tmp_path):
     dm = DicomReportDataModule(**tiny_datamodule_kwargs, cache_dir=str(cache))
     dm.setup()
     assert isinstance(dm._dataset, PersistentDataset)
-    assert not list(cache.glob("*.pt"))  # nothing is decoded before first use
+    # every image is decoded once at setup (the check for unreadable files), which fills the cache
+    assert len(list(cache.glob("*.pt"))) == len(dm._position) == len(dm.df)
     first = {i: img for batch in dm.val_dataloader()
              for i, img in zip(batch[keys.INDEX].tolist(), batch[keys.IMAGE], strict=True)}
-    assert len(list(cache.glob("*.pt"))) == len(dm.indices["val"])
-    # a second datamodule reads the same images back from the cache
+    assert len(list(cache.glob("*.pt"))) == len(dm.df)
+    # a second datamodule reads the same images back from the cache (its setup decodes nothing)
     dm2 = DicomReportDataModule(**tiny_datamodule_kwargs, cache_dir=str(cache))
     dm2.setup()
     for batch in dm2.val_dataloader():
         for i, img in zip(batch[keys.INDEX].tolist(), batch[keys.IMAGE], strict=True):
             torch.testing.assert_close(img, first[i])
-    assert len(list(cache.glob("*.pt"))) == len(dm.indices["val"])
+    assert len(list(cache.glob("*.pt"))) == len(dm.df)
 
 
 def test_cache_dir_is_keyed_by_image_size(tiny_datamodule_kwargs, tmp_path):

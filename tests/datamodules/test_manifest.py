@@ -251,6 +251,17 @@ def test_duplicate_row(folder):
     assert "duplicate" in problems[0]
 
 
+def test_duplicate_row_with_the_path_written_differently(folder):
+    rows = _rows()
+    rows.append(dict(rows[1], image_path=str(folder / "img" / "s1.dcm")))  # absolute path of row 3's image
+    rows.append(dict(rows[2], image_path="img/../img/./s2.dcm"))  # row 4's image, path not normalised
+    problems = _problems(_write(folder, rows))
+    assert problems == [
+        "row 5 (study_id='S1'): duplicate of an earlier row",
+        "row 6 (study_id='S2'): duplicate of an earlier row",
+    ]
+
+
 def test_invalid_split_value(folder):
     rows = _rows()
     for row in rows:
