@@ -7,6 +7,7 @@ next to each run. ``synth``, ``evaluate`` and ``demo`` use jsonargparse, the par
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -33,8 +34,9 @@ VERBS = {
     "synth": "write a synthetic hospital (DICOM images + reports + manifest.csv)",
     "train": "fit a fusion classifier (the original model, or the retrained reference with --data.exclude_patients)",
     "unlearn": "remove the patients of a forget request from a trained checkpoint (--method, --ckpt, --forget)",
-    "evaluate": "compare original / unlearned / retrained models on forget, retain and test patients",
-    "demo": "synth -> train -> retrain -> unlearn -> evaluate on the synthetic hospital, with timings",
+    "evaluate": "the audit: original / unlearned / retrained on forget, retain and test patients, membership "
+                "attacks, quantization and relearning attacks, pass/fail (audit.json, audit.md, audit.html)",
+    "demo": "synth -> train -> retrain -> unlearn -> evaluate (the audit) on the synthetic hospital, with timings",
 }
 
 
@@ -101,6 +103,7 @@ def _data_provenance(dm: DicomReportDataModule) -> dict[str, Any]:
         "val_fraction": dm.val_fraction,
         "test_fraction": dm.test_fraction,
         "image_size": dm.image_size,
+        "batch_size": dm.batch_size,
         "parts": dm.summary(),
     }
 
@@ -190,35 +193,67 @@ def _select_checkpoint(cli: LightningCLI) -> dict[str, Any]:
 
 
 def evaluate(args: list[str] | None = None) -> dict[str, Any]:
-    """``medforget evaluate``: metrics.json + printed table for original / unlearned / retrained checkpoints."""
-    from medforget.evaluation.audit import evaluate_models, format_heads, format_table, write_json
+    """``medforget evaluate``: the audit (``audit.json``, ``audit.md``, ``audit.html``, plots) of original / unlearned /
+    retrained checkpoints, one or several runs (seeds)."""
+    from medforget.evaluation.audit import (
+        AuditConfig,
+        Tolerances,
+        format_attacks,
+        format_criteria,
+        format_heads,
+        format_table,
+        means,
+        run_audit,
+    )
 
     _quiet_lightning()
     parser = ArgumentParser(prog="medforget evaluate", description=VERBS["evaluate"], default_env=False)
     parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_argument("--original", type=str | None, default=None, help="Checkpoint of the original model.")
-    parser.add_argument("--unlearned", type=str | None, default=None, help="Checkpoint of the unlearned model.")
-    parser.add_argument("--retrained", type=str | None, default=None,
-                        help="Checkpoint of the model retrained without the forget patients (the target).")
-    parser.add_argument("--forget", type=str, help="Forget request: a file with one patient ID per line.")
-    parser.add_argument("--out", type=str, default="runs/evaluation", help="Output directory (metrics.json).")
+    for name, what in (("original", "the original model"), ("unlearned", "the unlearned model"),
+                       ("retrained", "the model retrained without the forget patients (the target)")):
+        parser.add_argument(f"--{name}", type=str, nargs="+", default=None,
+                            help=f"Checkpoint(s) of {what}; several (one per seed) give mean ± std.")
+    parser.add_argument("--forget", type=str, nargs="+", default=None,
+                        help="Forget request file(s): one patient ID per line; one for all runs or one per run.")
+    parser.add_argument("--out", type=str, default="runs/evaluation",
+                        help="Output directory: audit.json, audit.md, audit.html, plots/.")
     parser.add_argument("--accelerator", type=str, default="auto", help="Lightning accelerator for inference.")
+    parser.add_argument("--salt_file", type=str | None, default=None,
+                        help="Secret salt of the forget-request hashes (created if missing; default "
+                             "<out>/private/salt). Keep it private; reuse it to compare audits.")
+    parser.add_class_arguments(AuditConfig, "audit")
+    parser.add_class_arguments(Tolerances, "tolerances")
     parser.add_class_arguments(DicomReportDataModule, "data", skip={"mode", "forget"})
     cfg = parser.parse_args(args)
-    checkpoints = {k: cfg[k] for k in ("original", "unlearned", "retrained") if cfg[k]}
-    if not checkpoints:
+    given = {k: list(cfg[k]) for k in ("original", "unlearned", "retrained") if cfg[k]}
+    if not given:
         parser.error("give at least one of --original, --unlearned, --retrained")
     if not cfg.forget:
         parser.error("--forget is required")
-    data = DicomReportDataModule(mode="evaluate", forget=cfg.forget, **cfg.data.as_dict())
-    report = evaluate_models(checkpoints, data, accelerator=cfg.accelerator)
-    report["medforget_version"] = medforget.__version__
+    sizes = {len(v) for v in given.values()}
+    if len(sizes) != 1:
+        parser.error(f"give the same number of checkpoints for each model (one per run); got "
+                     f"{ {k: len(v) for k, v in given.items()} }")
+    n_runs = sizes.pop()
+    runs = [{k: v[i] for k, v in given.items()} for i in range(n_runs)]
+    init = parser.instantiate_classes(cfg)
+    audit_config, tolerances = init.audit, init.tolerances
+    data_kwargs = cfg.data.as_dict()
+    recorded = {k: v for k, v in json.loads(parser.dump(cfg, format="json")).items()
+                if k not in ("salt_file", "config")}
+    report = run_audit(runs, list(cfg.forget), data_kwargs, cfg.out, audit_config, tolerances,
+                       accelerator=cfg.accelerator, salt_file=cfg.salt_file, cli_config=recorded)
     out = Path(cfg.out)
-    write_json(report, out / "metrics.json")
-    table = format_table(report) + "\n\n" + format_heads(report)
+    view = means(report["summary"])
+    table = "\n\n".join(filter(None, [
+        format_table(view) + ("" if n_runs == 1 else f"\n(mean of {n_runs} runs)"),
+        format_heads(view),
+        format_attacks(view) if any(m.get("mia") for m in view["models"].values()) else "",
+        format_criteria(report["criteria"]) + f"\nverdict: {report['verdict'].upper()}" if report["criteria"] else "",
+    ]))
     (out / "table.txt").write_text(table + "\n")
     print(table)
-    print(f"\nwrote {out / 'metrics.json'}")
+    print(f"\nwrote {out / 'audit.json'}, {out / 'audit.md'}, {out / 'audit.html'}")
     return report
 
 

@@ -22,7 +22,8 @@ def run_demo(
     """Run the whole medforget flow on a fresh synthetic hospital and print the evaluation table and stage times.
 
     Args:
-        out: Working directory (hospital, runs, forget request, metrics.json). Replaced if it exists.
+        out: Working directory (hospital, runs, forget request, audit.json / audit.md / audit.html). Replaced if it
+            exists.
         num_patients: Patients in the synthetic hospital.
         image_size: Image side in pixels.
         forget_fraction: Fraction of training patients in the forget request.
@@ -78,7 +79,7 @@ def run_demo(
                          f"--out={root / 'unlearned'}"])
     times[f"unlearn ({method})"] = time.perf_counter() - t
 
-    t = stage("evaluate: original / unlearned / retrained")
+    t = stage("evaluate: the audit of original / unlearned / retrained")
     report = evaluate([f"--original={original}", f"--unlearned={unlearned}", f"--retrained={retrained}",
                        f"--forget={forget}", *data, f"--out={root}", f"--accelerator={accelerator}"])
     times["evaluate"] = time.perf_counter() - t
@@ -87,8 +88,9 @@ def run_demo(
     for name, seconds in times.items():
         print(f"  {name:<28} {seconds:7.1f} s")
     print(f"  {'total':<28} {sum(times.values()):7.1f} s")
+    print(f"\naudit: {root / 'audit.html'} (also audit.md, audit.json); verdict {report['verdict'].upper()}")
     report["stage_seconds"] = times
     from medforget.evaluation.audit import write_json
 
-    write_json(report, root / "metrics.json")
+    write_json({"stage_seconds": times, "verdict": report["verdict"]}, root / "demo.json")
     return report

@@ -67,3 +67,25 @@ def trained_image_ckpt(tiny_hospital, tmp_path_factory) -> Path:
     return train([f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL, "--model.modalities=image",
                   "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
                   f"--out={out}"])
+
+
+@pytest.fixture(scope="session")
+def retrained_ckpt(tiny_hospital, forget_file, tmp_path_factory) -> Path:
+    """The tiny recipe retrained without the forget request's patients (the audit's reference)."""
+    from medforget.cli import train
+
+    out = tmp_path_factory.mktemp("retrained")
+    return train([f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL, "--trainer.max_epochs=2",
+                  "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+                  f"--data.exclude_patients={forget_file}", f"--out={out}"])
+
+
+@pytest.fixture(scope="session")
+def unlearned_ckpt(tiny_hospital, forget_file, trained_ckpt, tmp_path_factory) -> Path:
+    """``trained_ckpt`` after one FineTune epoch on the forget request."""
+    from medforget.cli import unlearn
+
+    out = tmp_path_factory.mktemp("unlearned")
+    return unlearn(["--method=FineTune", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
+                    f"--data.manifest={tiny_hospital}", *TINY_DATA, "--trainer.max_epochs=1",
+                    "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", f"--out={out}"])

@@ -12,7 +12,7 @@ import pytest
 
 from medforget.checkpoint import read_checkpoint
 from medforget.cli import evaluate, main, synth, train, unlearn
-from tests.conftest import TINY_DATA, TINY_MODEL
+from tests.conftest import TINY_DATA
 
 CONF = Path(__file__).parent / "conf"
 QUIET = ["--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
@@ -32,28 +32,56 @@ def test_fast_dev_run_from_yaml(tiny_hospital, tmp_path):
     assert path.is_file()
 
 
-def test_full_flow(tiny_hospital, forget_file, trained_ckpt, tmp_path):
+def test_full_flow(tiny_hospital, forget_file, trained_ckpt, retrained_ckpt, tmp_path):
+    """train -> unlearn -> evaluate through the CLI functions; the input checkpoint is untouched; the audit is
+    written with the tolerances given on the command line."""
     data = [f"--data.manifest={tiny_hospital}", *TINY_DATA]
-    retrained = train([*data, *TINY_MODEL, "--trainer.max_epochs=2", *QUIET, f"--out={tmp_path / 'retrained'}",
-                       f"--data.exclude_patients={forget_file}"])
     digest = hashlib.sha256(trained_ckpt.read_bytes()).hexdigest()
     unlearned = unlearn(["--method=FineTune", f"--ckpt={trained_ckpt}", f"--forget={forget_file}", *data,
                          "--trainer.max_epochs=1", *QUIET, f"--out={tmp_path / 'unlearned'}"])
     assert hashlib.sha256(trained_ckpt.read_bytes()).hexdigest() == digest
     out = tmp_path / "eval"
-    report = evaluate([f"--original={trained_ckpt}", f"--unlearned={unlearned}", f"--retrained={retrained}",
-                       f"--forget={forget_file}", *data, f"--out={out}", "--accelerator=cpu"])
-    saved = json.loads((out / "metrics.json").read_text())
-    assert saved["schema_version"] == 1
-    assert set(saved["models"]) == {"original", "unlearned", "retrained"}
-    assert saved["models"]["unlearned"]["provenance"]["method"] == "FineTune"
-    assert saved["models"]["retrained"]["provenance"]["kind"] == "retrained"
-    gap = saved["gaps_to_retrained"]["original"]["mia"]["LossAttack"]["auc"]
-    expected = saved["models"]["original"]["mia"]["LossAttack"]["auc"] - saved["models"]["retrained"]["mia"][
+    report = evaluate([f"--original={trained_ckpt}", f"--unlearned={unlearned}", f"--retrained={retrained_ckpt}",
+                       f"--forget={forget_file}", *data, f"--out={out}", "--accelerator=cpu",
+                       "--audit.relearn_steps=2", "--audit.quantization=[int4]", "--audit.plots=false",
+                       "--tolerances.mia_auc_gap=1.0"])
+    saved = json.loads((out / "audit.json").read_text())
+    assert saved["schema_version"] == 2
+    run = saved["runs"][0]
+    assert set(run["models"]) == {"original", "unlearned", "retrained"}
+    assert run["models"]["unlearned"]["provenance"]["method"] == "FineTune"
+    assert run["models"]["retrained"]["provenance"]["kind"] == "retrained"
+    gap = run["gaps_to_retrained"]["original"]["mia"]["LossAttack"]["auc"]
+    expected = run["models"]["original"]["mia"]["LossAttack"]["auc"] - run["models"]["retrained"]["mia"][
         "LossAttack"]["auc"]
     assert gap == pytest.approx(expected)
     assert report["data"]["parts"]["forget"]["patients"] == len(forget_file.read_text().split())
-    assert "MIA AUC" in (out / "table.txt").read_text()
+    assert saved["config"]["tolerances"]["mia_auc_gap"] == 1.0
+    mia_checks = [c for c in saved["criteria"] if c["criterion"].startswith("mia/")]
+    assert mia_checks and all(c["passed"] and c["tolerance"] == 1.0 for c in mia_checks)
+    assert [c["criterion"] for c in saved["criteria"] if c["criterion"].startswith("quantization/")] == [
+        "quantization/int4"]
+    assert saved["config"]["cli"]["audit"]["relearn_steps"] == 2
+    assert (out / "audit.md").is_file() and (out / "audit.html").is_file() and not (out / "plots").exists()
+    table = (out / "table.txt").read_text()
+    assert "MIA AUC" in table and "verdict:" in table
+
+
+def test_evaluate_rejects_bad_audit_options(tiny_hospital, forget_file, trained_ckpt, tmp_path, capsys):
+    base = [f"--original={trained_ckpt}", f"--forget={forget_file}", f"--data.manifest={tiny_hospital}",
+            f"--out={tmp_path}"]
+    with pytest.raises(ValueError, match="did you mean 'LossAttack'"):
+        evaluate([*base, "--audit.attacks=[LosAttack]"])
+    with pytest.raises(ValueError, match="reference_models"):
+        evaluate([*base, "--audit.attacks=[LiRAAttack]"])
+    with pytest.raises(ValueError, match="unknown scheme"):
+        evaluate([*base, "--audit.quantization=[int3]"])
+    with pytest.raises(SystemExit):
+        evaluate([*base, "--tolerances.mia_auc_gapp=0.1"])
+    assert "mia_auc_gapp" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate([*base, "--unlearned", str(trained_ckpt), str(trained_ckpt)])  # 2 unlearned for 1 original
+    assert "same number of checkpoints" in capsys.readouterr().err
 
 
 def test_unlearn_from_yaml_config(tiny_hospital, forget_file, trained_ckpt, tmp_path):

@@ -11,15 +11,18 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from medforget.evaluation.mia import LossAttack, MembershipAttack, attack_metrics
-from medforget.evaluation.mia.base import tpr_at_fpr
+from medforget.evaluation.mia.base import _ThresholdAttack, tpr_at_fpr
 
 ATTACKS = sorted(MembershipAttack.registry)
+THRESHOLD_ATTACKS = sorted(n for n, c in MembershipAttack.registry.items() if issubclass(c, _ThresholdAttack))
 C = 4
 
 
-def test_registry_contains_the_loss_attack():
-    assert "LossAttack" in MembershipAttack.registry
-    assert MembershipAttack.registry["LossAttack"] is LossAttack
+def test_registry_holds_the_whole_suite():
+    assert set(ATTACKS) == {"LossAttack", "ConfidenceAttack", "EntropyAttack", "ModifiedEntropyAttack",
+                            "LogisticRegressionAttack", "SVCAttack", "LiRAAttack", "RMIAAttack"}
+    assert set(THRESHOLD_ATTACKS) == {"LossAttack", "ConfidenceAttack", "EntropyAttack", "ModifiedEntropyAttack"}
+    assert {n for n, c in MembershipAttack.registry.items() if c.opt_in} == {"LiRAAttack", "RMIAAttack"}
     for cls in MembershipAttack.registry.values():
         assert issubclass(cls, MembershipAttack)
 
@@ -34,7 +37,7 @@ def memorizing(n: int, seed: int = 0):
     return (logits_m, labels_m), (logits_n, labels_n)
 
 
-@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("name", THRESHOLD_ATTACKS)
 def test_attack_scores_shape_and_finite(name):
     attack = MembershipAttack.registry[name]()
     (logits, labels), _ = memorizing(50)
@@ -45,10 +48,13 @@ def test_attack_scores_shape_and_finite(name):
     extreme = torch.tensor([[1e4, -1e4, 0.0, 0.0], [-1e4, 1e4, 0.0, 0.0]])
     s = attack.score(extreme, torch.tensor([0, 0]))
     assert s.shape == (2,) and torch.isfinite(s).all()
-    assert s[0] > s[1]  # the correctly, confidently classified sample looks more member-like
+    if attack.uses_labels:
+        assert s[0] > s[1]  # the correctly, confidently classified sample looks more member-like
+    else:
+        assert s[0] == s[1]  # label-free: both are equally confident
 
 
-@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("name", THRESHOLD_ATTACKS)
 def test_attack_detects_memorization(name):
     members, nonmembers = memorizing(500)
     out = MembershipAttack.registry[name]().evaluate(members, nonmembers)
@@ -57,7 +63,7 @@ def test_attack_detects_memorization(name):
     assert out["n_members"] == 500 and out["n_nonmembers"] == 500
 
 
-@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("name", THRESHOLD_ATTACKS)
 def test_attack_on_identical_distributions_is_chance(name):
     g = torch.Generator().manual_seed(123)
     n = 2000
@@ -155,7 +161,7 @@ def test_loss_attack_is_negative_cross_entropy():
     z0 = math.exp(2.0) + math.exp(0.0) + math.exp(-1.0) + math.exp(0.5)
     expected = [-(math.log(z0) - 2.0), -math.log(4.0)]
     assert scores.tolist() == pytest.approx(expected, abs=1e-6)
-    assert scores.dtype == torch.float32
+    assert scores.dtype == torch.float64
     # half-precision logits and int32 labels are accepted
     assert LossAttack().score(logits.half(), labels.int()).tolist() == pytest.approx(expected, abs=1e-2)
 
@@ -169,3 +175,266 @@ def test_loss_attack_evaluate_equals_attack_metrics_of_scores():
     y = np.r_[np.ones(100), np.zeros(100)]
     s = np.r_[attack.score(*members).numpy(), attack.score(*nonmembers).numpy()]
     assert out["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)  # torchmetrics integrates in float32
+
+
+# --- hand-computed scores -------------------------------------------------------------------------------------------
+def test_confidence_entropy_and_modified_entropy_hand_computed():
+    from medforget.evaluation.mia import ConfidenceAttack, EntropyAttack, ModifiedEntropyAttack
+
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], dtype=torch.float64)
+    logits = p.log()
+    labels = torch.tensor([0, 0])
+    assert ConfidenceAttack().score(logits, labels).tolist() == pytest.approx([0.7, 0.1])
+    h = [-(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1)),
+         -(0.1 * math.log(0.1) + 0.3 * math.log(0.3) + 0.6 * math.log(0.6))]
+    assert EntropyAttack().score(logits, labels).tolist() == pytest.approx([-h[0], -h[1]])
+    # Song & Mittal: Mentr = -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i)
+    m0 = -(0.3 * math.log(0.7)) - (0.2 * math.log(0.8) + 0.1 * math.log(0.9))
+    m1 = -(0.9 * math.log(0.1)) - (0.3 * math.log(0.7) + 0.6 * math.log(0.4))
+    assert ModifiedEntropyAttack().score(logits, labels).tolist() == pytest.approx([-m0, -m1])
+
+
+def test_modified_entropy_is_exact_for_saturated_softmax():
+    from medforget.evaluation.mia import ModifiedEntropyAttack
+
+    logits = torch.tensor([[60.0, 0.0], [0.0, 60.0]])
+    s = ModifiedEntropyAttack().score(logits, torch.tensor([0, 0]))
+    # right and certain: Mentr ~ 0 (not nan); wrong and certain: -(1 - p_y) log p_y ~ 60
+    # plus -p_1 log(1 - p_1) = -log p_0 ~ 60, so ~120 (log(1 - p) must not round to log 0)
+    assert torch.isfinite(s).all()
+    assert -s[1] == pytest.approx(120.0, rel=1e-6)
+    assert 0 <= -s[0] < 1e-20
+    # a less saturated case against the formula in exact arithmetic (p_y = 1 - 1e-12 would cancel in 1 - p_y)
+    z = 30.0
+    s = ModifiedEntropyAttack().score(torch.tensor([[z, 0.0]]), torch.tensor([0]))
+    p1 = 1 / (1 + math.exp(z))  # = 1 - p_0
+    expected = -2 * p1 * math.log1p(-p1)  # -(1 - p0) log p0 - p1 log(1 - p1), both = -p1 log p0 ~ e^-60
+    assert -float(s[0]) == pytest.approx(expected, rel=1e-6)
+
+
+# --- the whole suite on a synthetic audit ---------------------------------------------------------------------------
+def scenario(forget_memorized: bool, seed: int = 0, k: int = 4):
+    """Outputs of a model that memorised its training set (retain, and forget if ``forget_memorized``), with ``k``
+    reference models in a balanced design (each retain sample IN for k/2 of them)."""
+    from medforget.evaluation.mia.base import AttackData
+    from medforget.evaluation.reference_models import balanced_design
+
+    g = torch.Generator().manual_seed(seed)
+    sizes = {"retain": 400, "val": 150, "forget": 80, "test": 300}
+
+    def member(n):
+        y = torch.randint(0, C, (n,), generator=g)
+        return torch.randn(n, C, generator=g) + 4.0 * F.one_hot(y, C), y
+
+    def nonmember(n, labels=None):
+        y = torch.randint(0, C, (n,), generator=g) if labels is None else labels
+        return torch.randn(n, C, generator=g) + 1.0 * F.one_hot(y, C), y
+
+    target = {"retain": member(400), "val": nonmember(150), "forget": member(80) if forget_memorized
+              else nonmember(80), "test": nonmember(300)}
+    design = balanced_design(sizes["retain"], k, seed)
+    references, members = [], []
+    for i in range(k):
+        logits = {}
+        for part, (_, y) in target.items():
+            lg = nonmember(len(y), y)[0]
+            if part == "retain":
+                lg[design[i]] = torch.randn(int(design[i].sum()), C, generator=g) + 4.0 * F.one_hot(y[design[i]], C)
+            logits[part] = lg
+        references.append(logits)
+        members.append({p: torch.from_numpy(design[i]) if p == "retain" else torch.zeros(sizes[p], dtype=torch.bool)
+                        for p in target})
+    return AttackData(target, references, members)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_every_attack_separates_memorised_forget_patients_and_not_forgotten_ones(name):
+    attack = MembershipAttack.registry[name]()
+    memorised = attack.run(scenario(True))
+    assert memorised.metrics["auc"] > 0.9
+    assert memorised.metrics["member_rate"] > 0.7  # calibrated on retain vs val: most forget samples called members
+    assert memorised.metrics["nonmember_rate"] < 0.4
+    assert memorised.metrics["calibration_auc"] > 0.9
+    forgotten = MembershipAttack.registry[name]().run(scenario(False, seed=1))
+    assert abs(forgotten.metrics["auc"] - 0.5) < 0.07  # the retrained model's situation: chance
+    assert abs(forgotten.metrics["member_rate"] - forgotten.metrics["nonmember_rate"]) < 0.15
+    # the reported AUC and TPR are scikit-learn's on the returned scores
+    for result in (memorised, forgotten):
+        s = np.r_[result.scores["forget"], result.scores["test"]]
+        y = np.r_[np.ones(len(result.scores["forget"])), np.zeros(len(result.scores["test"]))]
+        assert result.metrics["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+        assert result.metrics["tpr@1%fpr"] == pytest.approx(sk_tpr_at(y, s, 0.01), abs=1e-6)
+        assert result.metrics["member_rate"] == pytest.approx(
+            float(np.mean(result.scores["forget"] >= result.metrics["threshold"])))
+
+
+def test_attack_metrics_with_a_threshold_counts_scores_at_or_above_it():
+    out = attack_metrics(torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.2, 0.5, 0.3, 0.0]), threshold=0.5)
+    assert out["member_rate"] == pytest.approx(2 / 3)
+    assert out["nonmember_rate"] == pytest.approx(1 / 4)
+    assert out["threshold"] == 0.5
+
+
+def test_youden_threshold_hand_computed():
+    from medforget.evaluation.mia.base import youden_threshold
+
+    # members [3, 4, 5], non-members [0, 1, 3.5]: threshold 4 -> TPR 2/3, FPR 0 (J = 2/3); 3 -> TPR 1, FPR 1/3 (2/3);
+    # ties go to the higher threshold
+    assert youden_threshold(torch.tensor([3.0, 4.0, 5.0]), torch.tensor([0.0, 1.0, 3.5])) == 4.0
+    assert youden_threshold(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 2.0
+    assert youden_threshold(torch.tensor([]), torch.tensor([1.0])) == math.inf
+
+
+def test_population_attack_is_class_balanced_and_cross_validated():
+    from medforget.evaluation.mia import LogisticRegressionAttack
+    from medforget.evaluation.mia.base import AttackData
+
+    # retain (1000) and val (50) from the same distribution: a class-balanced attack must not call everything a
+    # member just because members are the majority; its cross-validated AUC is near chance
+    g = torch.Generator().manual_seed(0)
+
+    def draw(n):
+        return torch.randn(n, C, generator=g) * 2, torch.randint(0, C, (n,), generator=g)
+
+    data = AttackData({"retain": draw(1000), "val": draw(50), "forget": draw(100), "test": draw(300)})
+    attack = LogisticRegressionAttack()
+    result = attack.run(data)
+    assert 0.15 < result.metrics["nonmember_rate"] < 0.85
+    assert abs(result.metrics["cv_auc"] - 0.5) < 0.15
+    assert result.metrics["threshold"] == 0.0
+    assert "best_C" in result.metrics
+    # the member rate is the fitted classifier's own prediction
+    from medforget.evaluation.mia.population import membership_features
+
+    predicted = attack._fitted.predict(membership_features(*data.target["forget"]))
+    assert result.metrics["member_rate"] == pytest.approx(float(predicted.mean()))
+
+
+def test_population_attack_needs_val_samples():
+    from medforget.evaluation.mia import SVCAttack
+    from medforget.evaluation.mia.base import AttackData
+
+    logits, labels = torch.randn(10, C), torch.randint(0, C, (10,))
+    data = AttackData({"retain": (logits, labels), "val": (logits[:1], labels[:1]), "forget": (logits, labels),
+                       "test": (logits, labels)})
+    with pytest.raises(ValueError, match="at least 2"):
+        SVCAttack().run(data)
+
+
+def test_lira_offline_hand_computed():
+    from medforget.evaluation.mia import LiRAAttack
+    from medforget.evaluation.mia.base import AttackData, true_class_logit
+
+    # two classes; phi = logit_y - logit_other for 2 classes. Target phis 3, 0 ; reference OUT phis per sample.
+    def logits_for(phis):
+        return torch.stack([torch.tensor(phis, dtype=torch.float64), torch.zeros(len(phis), dtype=torch.float64)], 1)
+
+    labels = torch.zeros(2, dtype=torch.long)
+    parts = ("forget", "retain", "val", "test")
+    target = {p: (logits_for([3.0, 0.0]), labels) for p in parts}
+    ref_phis = [[1.0, 0.0], [3.0, 2.0]]  # sample 0: mean 2; sample 1: mean 1
+    references = [{p: logits_for(r) for p in parts} for r in ref_phis]
+    members = [{p: torch.zeros(2, dtype=torch.bool) for p in parts} for _ in ref_phis]
+    data = AttackData(target, references, members)
+    assert true_class_logit(*target["forget"]).tolist() == pytest.approx([3.0, 0.0])
+    # residuals: sample 0: -1, +1; sample 1: -1, +1 in every part -> pooled sd = std of (+-1 repeated) (ddof 1)
+    residuals = torch.tensor([-1.0, 1.0, -1.0, 1.0] * 4, dtype=torch.float64)
+    sd = float(residuals.std())
+    scores = LiRAAttack().scores(data)
+    assert scores["forget"].tolist() == pytest.approx([(3 - 2) / sd, (0 - 1) / sd])
+    # per-sample variance: sd of [1, 3] and of [0, 2] = sqrt(2)
+    per_sample = LiRAAttack(global_variance=False).scores(data)
+    assert per_sample["forget"].tolist() == pytest.approx([1 / math.sqrt(2), -1 / math.sqrt(2)])
+    # an IN reference model is ignored for that sample
+    members[1]["forget"] = torch.tensor([True, False])
+    scores = LiRAAttack(global_variance=False).scores(AttackData(target, references, members))
+    assert scores["forget"][1] == pytest.approx(-1 / math.sqrt(2))
+
+
+def test_rmia_offline_hand_computed():
+    from medforget.evaluation.mia import RMIAAttack
+    from medforget.evaluation.mia.base import AttackData
+
+    def logits_for(probs):  # two classes with p_0 = probs
+        p = torch.tensor(probs, dtype=torch.float64)
+        return torch.stack([p.log(), (1 - p).log()], 1)
+
+    labels = torch.zeros(2, dtype=torch.long)
+    target = {"forget": (logits_for([0.9, 0.5]), labels), "retain": (logits_for([0.9, 0.9]), labels),
+              "val": (logits_for([0.4, 0.6]), labels), "test": (logits_for([0.5, 0.5]), labels)}
+    ref = {p: logits_for([0.5, 0.5]) for p in target}
+    members = {p: torch.zeros(2, dtype=torch.bool) for p in target}
+    data = AttackData(target, [ref, ref], [members, members])
+    a = 0.3
+    p_x = 0.5 * ((1 + a) * 0.5 + (1 - a))  # = 0.675 for every sample
+    ratio_val = [0.4 / p_x, 0.6 / p_x]
+    ratio_forget = [0.9 / p_x, 0.5 / p_x]
+    scores = RMIAAttack(offline_a=a, gamma=1.0).scores(data)
+    expected = [np.mean([r / z >= 1.0 for z in ratio_val]) for r in ratio_forget]  # [1.0, 0.5]
+    assert scores["forget"].tolist() == pytest.approx(expected)
+    assert expected == [1.0, 0.5]
+    with pytest.raises(ValueError, match="offline_a"):
+        RMIAAttack(offline_a=1.5)
+
+
+def test_reference_attacks_need_reference_models():
+    from medforget.evaluation.mia import LiRAAttack, RMIAAttack
+    from medforget.evaluation.mia.base import AttackData
+
+    logits, labels = torch.randn(6, C), torch.randint(0, C, (6,))
+    data = AttackData({p: (logits, labels) for p in ("forget", "retain", "val", "test")})
+    for attack in (LiRAAttack(), RMIAAttack()):
+        with pytest.raises(ValueError, match="reference_models"):
+            attack.run(data)
+
+
+def test_balanced_design():
+    from medforget.evaluation.reference_models import balanced_design
+
+    design = balanced_design(50, 4, seed=0)
+    assert design.shape == (4, 50)
+    assert (design.sum(0) == 2).all()  # every patient IN for exactly K/2 models, OUT for the rest
+    assert (balanced_design(50, 4, seed=0) == design).all()
+    assert (balanced_design(7, 3).sum(0) == 1).all()
+    # every model gets about half the patients, whatever K
+    for n, k in ((20, 2), (50, 4), (31, 6)):
+        sizes = balanced_design(n, k, seed=1).sum(1)
+        assert sizes.max() - sizes.min() <= 1, (n, k, sizes)
+    assert not (balanced_design(50, 4, seed=0) == balanced_design(50, 4, seed=1)).all()
+    with pytest.raises(ValueError, match="K must be >= 2"):
+        balanced_design(5, 1)
+
+
+def test_attack_data_requires_every_part():
+    from medforget.evaluation.mia.base import AttackData
+
+    with pytest.raises(ValueError, match="missing"):
+        AttackData({"forget": (torch.randn(2, C), torch.zeros(2))})
+
+
+def test_patient_bootstrap_is_paired_seeded_and_patient_level():
+    from medforget.evaluation.mia.base import ci95, patient_bootstrap_aucs
+
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.normal(1.0, 1.0, 40), rng.normal(0.0, 1.0, 60)
+    m_groups, n_groups = np.repeat(np.arange(10), 4), np.repeat(np.arange(20), 3)  # 10 and 20 patients
+    scores = {"a": (members, nonmembers), "b": (members + 0.0, nonmembers)}
+    out = patient_bootstrap_aucs(scores, m_groups, n_groups, reps=100, seed=3)
+    assert out["a"].shape == (100,)
+    np.testing.assert_array_equal(out["a"], out["b"])  # same resamples for every model: paired
+    np.testing.assert_array_equal(out["a"], patient_bootstrap_aucs(scores, m_groups, n_groups, 100, 3)["a"])
+    lo, hi = ci95(out["a"])
+    point = roc_auc_score(np.r_[np.ones(40), np.zeros(60)], np.r_[members, nonmembers])
+    assert lo < point < hi
+    # perfectly separated: every resample has AUC 1
+    perfect = patient_bootstrap_aucs({"p": (members + 100, nonmembers)}, m_groups, n_groups, reps=20)
+    assert ci95(perfect["p"]) == pytest.approx([1.0, 1.0])
+    # a single member patient is drawn in every resample; the non-member patients are still resampled
+    one = patient_bootstrap_aucs({"o": (members[:4], nonmembers)}, np.zeros(4), n_groups, reps=30, seed=1)
+    assert one["o"].std() > 0
+    # resampling patients (clusters) gives a wider interval than treating correlated studies as independent
+    clustered = np.repeat(rng.normal(0.5, 1.0, 10), 4)  # 4 identical studies per member patient
+    wide = patient_bootstrap_aucs({"c": (clustered, nonmembers)}, m_groups, n_groups, reps=300, seed=0)["c"]
+    narrow = patient_bootstrap_aucs({"c": (clustered, nonmembers)}, np.arange(40), np.arange(60), reps=300,
+                                    seed=0)["c"]
+    assert np.diff(ci95(wide))[0] > np.diff(ci95(narrow))[0]

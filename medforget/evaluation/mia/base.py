@@ -1,23 +1,77 @@
-"""Membership-inference attacks: base class, registry and the common attack metrics.
+"""Membership-inference attacks: base classes, registry, per-sample quantities and the common attack metrics.
 
-Convention everywhere: a higher score means "more member-like". An attack turns per-sample model outputs into
-scores; :func:`attack_metrics` compares member and non-member scores.
+Convention everywhere: a higher score means "more member-like".
+
+Every attack sees the audited model's fused-head outputs on four parts (:class:`AttackData`): ``retain`` (known
+members), ``val`` (known non-members, held out), ``forget`` (the patients whose membership is in question) and
+``test`` (known non-members, never used to fit or calibrate anything). Each attack
+
+- scores every sample (:meth:`MembershipAttack.scores`);
+- picks a decision threshold from ``retain`` vs ``val`` only (:meth:`MembershipAttack.threshold`: the threshold of
+  highest balanced accuracy, or the fitted classifier's own decision for population attacks);
+- reports :func:`attack_metrics` of ``forget`` (as members) vs ``test`` (non-members): ROC-AUC, TPR at 1% and 0.1%
+  FPR, and the share of ``forget`` (and of ``test``) samples the attack calls members.
+
+On a model that never saw the forget patients (the retrained reference) forget and test samples come from the same
+distribution, so every attack's AUC is near 0.5; on a model that memorised them it is well above.
 """
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+PARTS = ("forget", "retain", "val", "test")
+Outputs = tuple[torch.Tensor, torch.Tensor]  # (logits (N, C), labels (N,))
+
+
+@dataclass
+class AttackData:
+    """What an attack may use.
+
+    Attributes:
+        target: The audited model's ``(logits, labels)`` per part (:data:`PARTS`).
+        references: Reference (shadow) models' logits per part, one dict per model; empty unless reference models
+            were trained (``--audit.reference_models K``).
+        reference_members: Per reference model and part, a boolean mask: was the sample in that model's training
+            data (only retain samples can be).
+    """
+
+    target: dict[str, Outputs]
+    references: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    reference_members: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        missing = [p for p in PARTS if p not in self.target]
+        if missing:
+            raise ValueError(f"membership attacks need the parts {PARTS}; missing {missing}")
+
+
+@dataclass
+class AttackResult:
+    """Metrics (JSON-ready) plus the per-sample scores of every part (for plots)."""
+
+    metrics: dict[str, float]
+    scores: dict[str, np.ndarray]
 
 
 class MembershipAttack:
-    """A membership-inference attack; subclasses register under their class name."""
+    """A membership-inference attack; subclasses register under their class name.
+
+    Class attributes: ``opt_in`` attacks need reference models and only run when asked for; ``uses_labels`` is false
+    for attacks that ignore the true label (entropy).
+    """
 
     registry: ClassVar[dict[str, type[MembershipAttack]]] = {}
+    opt_in: ClassVar[bool] = False
+    uses_labels: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -25,38 +79,216 @@ class MembershipAttack:
             MembershipAttack.registry[cls.__name__] = cls
 
     @abstractmethod
+    def scores(self, data: AttackData) -> dict[str, torch.Tensor]:
+        """Per-sample membership scores for every part of ``data.target``."""
+
+    def threshold(self, scores: dict[str, torch.Tensor]) -> float:
+        """Decision threshold (score >= threshold: member), calibrated on retain (members) vs val (non-members)."""
+        return youden_threshold(scores["retain"], scores["val"])
+
+    def run(self, data: AttackData) -> AttackResult:
+        """Score, calibrate on retain vs val, and measure forget (members) vs test (non-members)."""
+        scores = self.scores(data)
+        threshold = self.threshold(scores)
+        metrics = attack_metrics(scores["forget"], scores["test"], threshold=threshold)
+        metrics["calibration_auc"] = attack_metrics(scores["retain"], scores["val"])["auc"]
+        metrics.update(self.extra_metrics())
+        return AttackResult(metrics, {p: s.double().numpy() for p, s in scores.items()})
+
+    def extra_metrics(self) -> dict[str, float]:
+        """Attack-specific facts added to the metrics (e.g. a population attack's cross-validated AUC)."""
+        return {}
+
+
+class _ThresholdAttack(MembershipAttack):
+    """An attack that scores each sample from its own logits and label, with no training."""
+
+    @abstractmethod
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-sample membership scores ``(N,)`` from logits ``(N, C)`` and labels ``(N,)`` (higher = member)."""
 
-    def evaluate(
-        self, members: tuple[torch.Tensor, torch.Tensor], nonmembers: tuple[torch.Tensor, torch.Tensor]
-    ) -> dict[str, float]:
-        """Attack metrics for ``(logits, labels)`` of members vs non-members."""
+    def scores(self, data: AttackData) -> dict[str, torch.Tensor]:
+        return {part: self.score(*outputs) for part, outputs in data.target.items()}
+
+    def evaluate(self, members: Outputs, nonmembers: Outputs) -> dict[str, float]:
+        """Attack metrics for ``(logits, labels)`` of members vs non-members (threshold: non-members' median)."""
         return attack_metrics(self.score(*members), self.score(*nonmembers))
 
 
+# --- per-sample quantities (float64, stable for saturated softmaxes) -----------------------------------------------
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """``log softmax`` in float64."""
+    return F.log_softmax(logits.double(), dim=-1)
+
+
+def log_one_minus_probs(logits: torch.Tensor) -> torch.Tensor:
+    """``log(1 - p_i)`` for every class, as ``logsumexp`` of the other classes' log-probabilities (exact even when
+    ``p_i`` rounds to 1)."""
+    lp = log_probs(logits)
+    c = lp.shape[-1]
+    eye = torch.eye(c, dtype=torch.bool, device=lp.device)
+    others = lp.unsqueeze(-2).expand(*lp.shape[:-1], c, c).masked_fill(eye, -math.inf)
+    return torch.logsumexp(others, dim=-1)
+
+
+def true_class_logit(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """LiRA's logit-scaled confidence ``log(p_y / (1 - p_y))``."""
+    idx = labels.long().unsqueeze(-1)
+    return (log_probs(logits).gather(-1, idx) - log_one_minus_probs(logits).gather(-1, idx)).squeeze(-1)
+
+
+def true_class_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``p_y`` in float64."""
+    return log_probs(logits).gather(-1, labels.long().unsqueeze(-1)).squeeze(-1).exp()
+
+
+def modified_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Song & Mittal's ``Mentr(p, y) = -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i)``."""
+    lp = log_probs(logits)
+    p = lp.exp()
+    l1m = log_one_minus_probs(logits)
+    onehot = F.one_hot(labels.long(), lp.shape[-1]).bool()
+    true_term = -(l1m.exp() * lp).masked_fill(~onehot, 0.0).sum(-1)  # 1 - p_y as exp(log(1 - p_y)): no cancellation
+    other_term = -(p * l1m).masked_fill(onehot, 0.0).sum(-1)
+    return true_term + other_term
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy of the softmax (nats)."""
+    lp = log_probs(logits)
+    return -(lp.exp() * lp).sum(-1)
+
+
+# --- metrics -------------------------------------------------------------------------------------------------------
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     """Highest TPR reached at FPR <= ``target`` on an ROC curve (0 if none)."""
     ok = fpr <= target + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
-def attack_metrics(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> dict[str, float]:
-    """ROC-AUC, TPR at 1% / 0.1% FPR and the member rate (share of members above the non-members' median score)."""
-    scores = torch.cat([member_scores, nonmember_scores]).double()
+def _ranks01(scores: torch.Tensor) -> torch.Tensor:
     # torchmetrics squashes scores outside [0, 1] with a sigmoid, which ties large (|s| > ~37) or tiny scores
     # even in float64; the ROC depends only on the order, so use dense ranks scaled to [0, 1] (ties kept).
-    ranks = torch.unique(scores, return_inverse=True)[1]
-    scores = ranks.double() / max(int(ranks.max()), 1)
+    ranks = torch.unique(scores.double(), return_inverse=True)[1]
+    return ranks.double() / max(int(ranks.max()), 1) if len(ranks) else ranks.double()
+
+
+def roc(member_scores: torch.Tensor | np.ndarray, nonmember_scores: torch.Tensor | np.ndarray
+        ) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` of members (positives) vs non-members (tensors or arrays)."""
+    member_scores, nonmember_scores = torch.as_tensor(member_scores), torch.as_tensor(nonmember_scores)
+    scores = _ranks01(torch.cat([member_scores.double(), nonmember_scores.double()]))
+    target = torch.cat([torch.ones(len(member_scores)), torch.zeros(len(nonmember_scores))]).long()
+    fpr, tpr, _ = binary_roc(scores, target)
+    return fpr.numpy(), tpr.numpy()
+
+
+def youden_threshold(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> float:
+    """The score threshold (member if ``score >= threshold``) of highest balanced accuracy ``(TPR + TNR) / 2``;
+    ties go to the highest threshold (fewest member calls). ``+inf`` if a side is empty."""
+    if len(member_scores) == 0 or len(nonmember_scores) == 0:
+        return math.inf
+    m = member_scores.double().numpy()
+    n = nonmember_scores.double().numpy()
+    candidates = np.unique(np.concatenate([m, n, [np.inf]]))
+    tpr = (m[None, :] >= candidates[:, None]).mean(1)
+    fpr = (n[None, :] >= candidates[:, None]).mean(1)
+    j = tpr - fpr
+    best = np.flatnonzero(j >= j.max() - 1e-12).max()
+    return float(candidates[best])
+
+
+def attack_metrics(
+    member_scores: torch.Tensor, nonmember_scores: torch.Tensor, threshold: float | None = None
+) -> dict[str, float]:
+    """ROC-AUC, TPR at 1% / 0.1% FPR, and the member rates.
+
+    Args:
+        member_scores: Scores of the samples treated as members (the forget set).
+        nonmember_scores: Scores of known non-members (the test set).
+        threshold: Member if ``score >= threshold`` (an attack's calibrated decision); ``None``: member if above the
+            non-members' median, so non-members get a rate of about 0.5.
+
+    Returns:
+        ``auc``, ``tpr@1%fpr``, ``tpr@0.1%fpr``, ``member_rate`` (share of members called members),
+        ``nonmember_rate`` (share of non-members called members, the false-positive rate), ``threshold``, sizes.
+    """
+    scores = _ranks01(torch.cat([member_scores.double(), nonmember_scores.double()]))
     target = torch.cat([torch.ones(len(member_scores)), torch.zeros(len(nonmember_scores))]).long()
     fpr, tpr, _ = binary_roc(scores, target)
     fpr, tpr = fpr.numpy(), tpr.numpy()
-    threshold = float(nonmember_scores.double().median())
+    m, n = member_scores.double(), nonmember_scores.double()
+    if threshold is None:
+        median = float(n.median())
+        member_rate, nonmember_rate = float((m > median).double().mean()), float((n > median).double().mean())
+        threshold = median
+    else:
+        member_rate, nonmember_rate = float((m >= threshold).double().mean()), float((n >= threshold).double().mean())
     return {
         "auc": float(binary_auroc(scores, target)),
         "tpr@1%fpr": tpr_at_fpr(fpr, tpr, 0.01),
         "tpr@0.1%fpr": tpr_at_fpr(fpr, tpr, 0.001),
-        "member_rate": float((member_scores.double() > threshold).float().mean()),
+        "member_rate": member_rate,
+        "nonmember_rate": nonmember_rate,
+        "threshold": float(threshold),
         "n_members": len(member_scores),
         "n_nonmembers": len(nonmember_scores),
     }
+
+
+def reference_out_values(data: AttackData, fn, part: str) -> list[torch.Tensor]:
+    """``fn(logits, labels)`` of every reference model on ``part``, with samples that were in that reference
+    model's training data set to NaN (offline attacks only use OUT models)."""
+    if not data.references:
+        raise ValueError("this attack needs reference models: pass --audit.reference_models K (K >= 2)")
+    labels = data.target[part][1]
+    values = []
+    for logits, members in zip(data.references, data.reference_members, strict=True):
+        v = fn(logits[part], labels).double()
+        values.append(v.masked_fill(members[part].bool(), math.nan))
+    return values
+
+
+def patient_bootstrap_aucs(
+    scores: dict[str, tuple[np.ndarray, np.ndarray]],
+    member_groups: np.ndarray,
+    nonmember_groups: np.ndarray,
+    reps: int = 200,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Attack AUC (members vs non-members) of several models over ``reps`` patient-level bootstrap resamples.
+
+    Studies of one patient are correlated, so the unit of resampling is the patient: each resample draws member
+    patients and non-member patients with replacement and takes all their samples. Every model sees the same resampled
+    patients, so differences between models are paired.
+
+    Args:
+        scores: ``{model: (member scores, non-member scores)}``, the same samples in the same order for every model.
+        member_groups: Patient of each member sample (any hashable codes).
+        nonmember_groups: Patient of each non-member sample.
+        reps: Bootstrap resamples.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``{model: (reps,) AUCs}``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    m_codes = np.unique(np.asarray(member_groups), return_inverse=True)[1]
+    n_codes = np.unique(np.asarray(nonmember_groups), return_inverse=True)[1]
+    m_rows = [np.flatnonzero(m_codes == g) for g in range(m_codes.max() + 1)]
+    n_rows = [np.flatnonzero(n_codes == g) for g in range(n_codes.max() + 1)]
+    out = {model: np.empty(reps) for model in scores}
+    for r in range(reps):
+        im = np.concatenate([m_rows[p] for p in rng.integers(0, len(m_rows), len(m_rows))])
+        jn = np.concatenate([n_rows[p] for p in rng.integers(0, len(n_rows), len(n_rows))])
+        y = np.r_[np.ones(len(im)), np.zeros(len(jn))]
+        for model, (member, nonmember) in scores.items():
+            out[model][r] = roc_auc_score(y, np.r_[np.asarray(member)[im], np.asarray(nonmember)[jn]])
+    return out
+
+
+def ci95(values: np.ndarray) -> list[float]:
+    """The 2.5th and 97.5th percentiles."""
+    return [float(v) for v in np.percentile(values, [2.5, 97.5])]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from medforget.evaluation.mia.base import MembershipAttack
+from medforget.evaluation.mia.base import _ThresholdAttack
 
 
-class LossAttack(MembershipAttack):
+class LossAttack(_ThresholdAttack):
     """Score = ``-CE(logits, label)`` per sample."""
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return -F.cross_entropy(logits.float(), labels.long(), reduction="none")
+        return -F.cross_entropy(logits.double(), labels.long(), reduction="none")
