@@ -52,7 +52,10 @@ def load_classifier(path: str | Path) -> FusionClassifier:
     except TypeError as err:
         raise CheckpointError(f"{path}: hyper_parameters do not describe a FusionClassifier ({err})") from err
     model.on_load_checkpoint(ckpt)
-    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    # earlier checkpoints kept BERT's pooler, which the mean-pooling text encoder never used: drop it
+    own = model.state_dict()
+    state = {k: v for k, v in ckpt["state_dict"].items() if ".backbone.pooler." not in k or k in own}
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the architecture (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")

