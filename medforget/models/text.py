@@ -125,7 +125,10 @@ class TextEncoder(nn.Module):
                 hidden_dropout_prob=0.0,
                 attention_probs_dropout_prob=0.0,
             )
-            self.backbone = AutoModel.from_config(cfg, add_pooling_layer=False)
+            self.backbone = AutoModel.from_config(cfg)
+            # the pooler is built and dropped rather than never built, so the weights after it draw the same random
+            # numbers as before it was removed (published benchmarks stay reproducible)
+            self.backbone.pooler = None
         self.num_features = int(self.backbone.config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
