@@ -157,8 +157,8 @@ class DicomReportDataModule(L.LightningDataModule):
             decoded once at :meth:`setup` (the decoded images fill the cache, or are already in ``cache_dir``), so
             these are found before training instead of mid-epoch in a DataLoader worker. ``fail`` raises one
             :class:`UnreadableImagesError` listing every such file and the element at fault; ``skip`` leaves their
-            rows out of every part, logs their paths (only paths: no patient IDs, no report text) and lists them in
-            :attr:`skipped_images`.
+            rows out of every part, logs their manifest row numbers (not paths, which often contain patient IDs; no
+            report text) and lists their paths in :attr:`skipped_images`.
     """
 
     def __init__(
@@ -273,11 +273,13 @@ class DicomReportDataModule(L.LightningDataModule):
             if self.on_bad_image == "fail":
                 raise UnreadableImagesError(paths, len(items))
             self.skipped_images = sorted(paths)
-            listed, n = self.skipped_images[:MAX_LISTED], len(self.skipped_images)
-            more = f"\n  ... and {n - MAX_LISTED} more" if n > MAX_LISTED else ""
-            log.warning("skipping %d of %d image(s) that cannot be read (data.on_bad_image='skip'):\n  %s%s",
-                        n, len(items), "\n  ".join(listed), more)
             dropped = rows[sorted(bad)]
+            # the log names manifest rows, not paths: hospital paths often contain patient identifiers
+            numbers = [str(int(r) + 1) for r in dropped[:MAX_LISTED]]
+            more = f" ... and {len(dropped) - MAX_LISTED} more" if len(dropped) > MAX_LISTED else ""
+            log.warning("skipping %d of %d image(s) that cannot be read (data.on_bad_image='skip'): manifest rows "
+                        "%s%s (1-based, header not counted); their paths are in skipped_images",
+                        len(dropped), len(items), ", ".join(numbers), more)
             idx = {name: np.setdiff1d(part, dropped) for name, part in idx.items()}
             self._check_parts(manifest, idx, after_skipping=True)
         if "forget" in idx:
