@@ -34,6 +34,9 @@ VERBS = {
     "synth": "write a synthetic hospital (DICOM images + reports + manifest.csv)",
     "train": "fit a fusion classifier (the original model, or the retrained reference with --data.exclude_patients)",
     "unlearn": "remove the patients of a forget request from a trained checkpoint (--method, --ckpt, --forget)",
+    "train-lm": "fit a clinical-notes language model (the original, or the retain-only reference with "
+                "--data.exclude_forget true)",
+    "unlearn-lm": "remove the forget patients from a clinical-notes language model (--method, --ckpt)",
     "evaluate": "the audit: original / unlearned / retrained on forget, retain and test patients, membership "
                 "attacks, quantization and relearning attacks, pass/fail (audit.json, audit.md, audit.html)",
     "demo": "synth -> train -> retrain -> unlearn -> evaluate (the audit) on the synthetic hospital, with timings",
@@ -164,17 +167,124 @@ def train(args: list[str] | None = None) -> Path:
     return target
 
 
-def unlearn(args: list[str] | None = None) -> Path:
-    """``medforget unlearn``: apply an unlearning method and export ``<out>/model.ckpt``."""
+class TrainLMCLI(_RunCLI):
+    default_out = "runs/lm"
+
+
+def train_lm(args: list[str] | None = None) -> Path:
+    """``medforget train-lm``: fit a :class:`~medforget.llm.system.ClinicalLM` and export ``<out>/model.ckpt``."""
+    from medforget.datamodules.lm import ClinicalNotesDataModule
+    from medforget.llm.system import ClinicalLM, export_lm
+
     _quiet_lightning()
+    cli = TrainLMCLI(
+        ClinicalLM, ClinicalNotesDataModule, args=args, run=False, seed_everything_default=0,
+        trainer_defaults={**TRAINER_DEFAULTS, "max_epochs": 30}, save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "medforget train-lm", "description": VERBS["train-lm"]},
+    )
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    seconds = time.perf_counter() - start
+    target = Path(cli.config.out) / "model.ckpt"
+    if cli.trainer.is_global_zero:
+        dm = cli.datamodule
+        export_lm(cli.model, target, overwrite=True, provenance={
+            "kind": "retain-only" if dm.exclude_forget else "original",
+            "medforget_version": medforget.__version__,
+            "data": {k: v for k, v in dm.hparams.items() if k not in ("num_workers", "mode")},
+            "parts": dm.summary(),
+            "epochs": cli.trainer.current_epoch,
+            "fit_seconds": seconds,
+        })
+    return target
+
+
+class UnlearnLMCLI(_RunCLI):
+    default_out = "runs/lm_unlearned"
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--ckpt", type=str, help="Trained language-model checkpoint (never modified).")
+        parser.link_arguments("ckpt", "model.init_args.ckpt")
+        parser.set_defaults({"data.mode": "unlearn", "trainer.max_epochs": 5, "trainer.check_val_every_n_epoch": 1})
+
+    def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
+        if not self.config.get("ckpt"):
+            raise ValueError("medforget unlearn-lm needs --ckpt")
+
+
+#: Data settings that must equal the trained model's for an unlearning run (the forget fraction may differ: forget
+#: sets are nested, so one original model serves 1%, 5% and 10% requests).
+LM_DATA_IDENTITY = ("corpus", "num_patients", "corpus_seed", "split_seed", "holdout_fraction")
+
+
+def check_lm_data(provenance: dict[str, Any], datamodule: Any, path: str) -> None:
+    """Refuse to unlearn or evaluate with a corpus or split other than the one the model was trained on."""
+    trained = provenance.get("data", {})
+    for key in LM_DATA_IDENTITY:
+        if key in trained and trained[key] != getattr(datamodule, key):
+            raise ValueError(f"--data.{key}={getattr(datamodule, key)!r} differs from the value the model in {path} "
+                             f"was trained with ({trained[key]!r}); pass the training run's data settings")
+
+
+def _method_args(args: list[str] | None, default: str) -> list[str]:
+    """``--method X`` is ``--model X``; without either, ``--model default``."""
     args = list(sys.argv[1:] if args is None else args)
     args = ["--model" if a == "--method" else a.replace("--method=", "--model=") for a in args]
     if not any(a == "--model" or a.startswith("--model=") for a in args) and not any(
         a in ("-h", "--help") for a in args
     ):
-        args = ["--model", "FineTune", *args]
+        args = ["--model", default, *args]
+    return args
+
+
+def unlearn_lm(args: list[str] | None = None) -> Path:
+    """``medforget unlearn-lm``: apply a language-model unlearning method and export ``<out>/model.ckpt``."""
+    import medforget.llm.methods  # noqa: F401  (registers the methods)
+    from medforget.datamodules.lm import ClinicalNotesDataModule
+    from medforget.llm.methods.base import LMUnlearningMethod
+    from medforget.llm.system import export_lm
+
+    _quiet_lightning()
+    cli = UnlearnLMCLI(
+        LMUnlearningMethod, ClinicalNotesDataModule, subclass_mode_model=True, args=_method_args(args, "NPO"),
+        run=False, seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "medforget unlearn-lm", "description": VERBS["unlearn-lm"]},
+    )
+    method: LMUnlearningMethod = cli.model
+    original = getattr(method.lm, "provenance", {})
+    check_lm_data(original, cli.datamodule, cli.config.ckpt)
+    target = Path(cli.config.out) / "model.ckpt"
+    if Path(cli.config.ckpt).resolve() == target.resolve():
+        raise FileExistsError(f"refusing to overwrite the input checkpoint {cli.config.ckpt} (choose another --out)")
+    start = time.perf_counter()
+    cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    seconds = time.perf_counter() - start
+    if cli.trainer.is_global_zero:
+        dm = cli.datamodule
+        export_lm(method.lm, target, overwrite=True, provenance={
+            "kind": "unlearned",
+            "method": type(method).__name__,
+            "method_hparams": {k: v for k, v in method.hparams.items() if not k.startswith("_")},
+            "medforget_version": medforget.__version__,
+            "source_checkpoint_kind": original.get("kind"),
+            "data": {**original.get("data", {}), "forget_fraction": dm.forget_fraction},
+            "parts": dm.summary(),
+            "epochs": cli.trainer.current_epoch,
+            "unlearn_seconds": seconds,
+            "original_fit_seconds": original.get("fit_seconds"),
+        })
+    return target
+
+
+def unlearn(args: list[str] | None = None) -> Path:
+    """``medforget unlearn``: apply an unlearning method and export ``<out>/model.ckpt``."""
+    _quiet_lightning()
     cli = UnlearnCLI(
-        UnlearningMethod, DicomReportDataModule, subclass_mode_model=True, args=args, run=False,
+        UnlearningMethod, DicomReportDataModule, subclass_mode_model=True, args=_method_args(args, "FineTune"),
+        run=False,
         seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "medforget unlearn", "description": VERBS["unlearn"]},
     )
@@ -316,14 +426,15 @@ def demo(args: list[str] | None = None) -> dict[str, Any]:
     return run_demo(**cfg.as_dict())
 
 
-COMMANDS = {"synth": synth, "train": train, "unlearn": unlearn, "evaluate": evaluate, "demo": demo}
+COMMANDS = {"synth": synth, "train": train, "train-lm": train_lm, "unlearn": unlearn, "unlearn-lm": unlearn_lm,
+            "evaluate": evaluate, "demo": demo}
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m medforget`` and the ``medforget`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = "usage: python -m medforget {" + ",".join(COMMANDS) + "} [options]   (<verb> --help for options)\n\n"
-    usage += "\n".join(f"  {name:<9} {text}" for name, text in VERBS.items())
+    usage += "\n".join(f"  {name:<11} {text}" for name, text in VERBS.items())
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return
