@@ -40,6 +40,8 @@ VERBS = {
     "evaluate": "the audit: original / unlearned / retrained on forget, retain and test patients, membership "
                 "attacks, quantization and relearning attacks, pass/fail (audit.json, audit.md, audit.html)",
     "demo": "synth -> train -> retrain -> unlearn -> evaluate (the audit) on the synthetic hospital, with timings",
+    "evaluate-lm": "the language-model audit: original / unlearned / retain-only models on TOFU metrics, identifier "
+                   "extraction, membership attacks and the quantization attack (lm_audit.json, .md, .html)",
 }
 
 
@@ -426,8 +428,62 @@ def demo(args: list[str] | None = None) -> dict[str, Any]:
     return run_demo(**cfg.as_dict())
 
 
+def evaluate_lm(args: list[str] | None = None) -> dict[str, Any]:
+    """``medforget evaluate-lm``: the language-model audit (``lm_audit.json``, ``lm_audit.md``, ``lm_audit.html``)
+    of original / unlearned / retain-only checkpoints. The data settings default to the ones the original model was
+    trained with (and the forget fraction to the unlearned model's), so no ``--data`` flag is needed."""
+    from medforget.checkpoint import read_checkpoint
+    from medforget.datamodules.lm import ClinicalNotesDataModule
+    from medforget.llm.audit import LMAuditConfig, LMTolerances, format_lm_criteria, format_lm_table, run_lm_audit
+
+    _quiet_lightning()
+    parser = ArgumentParser(prog="medforget evaluate-lm", description=VERBS["evaluate-lm"], default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    for name, what in (("original", "the original language model (trained on forget + retain patients)"),
+                       ("unlearned", "the unlearned language model"),
+                       ("retain", "the retain-only model (trained with --data.exclude_forget true; the target)")):
+        parser.add_argument(f"--{name}", type=str | None, default=None, help=f"Checkpoint of {what}.")
+    parser.add_argument("--out", type=str, default="runs/lm_evaluation",
+                        help="Output directory: lm_audit.json, lm_audit.md, lm_audit.html, plots/.")
+    parser.add_argument("--salt_file", type=str | None, default=None,
+                        help="Secret salt of the forget-set hashes (created if missing; default <out>/private/salt). "
+                             "Keep it private; reuse it to compare audits.")
+    parser.add_class_arguments(LMAuditConfig, "audit")
+    parser.add_class_arguments(LMTolerances, "tolerances")
+    skip = {"mode", "exclude_forget", "content", "batch_size", "num_workers"}
+    parser.add_class_arguments(ClinicalNotesDataModule, "data", skip=skip)
+    cfg = parser.parse_args(args)
+    missing = [k for k in ("original", "unlearned", "retain") if not cfg[k]]
+    if missing:
+        parser.error(f"give --{', --'.join(missing)}")
+
+    def trained_with(path: str) -> dict[str, Any]:
+        return read_checkpoint(path).get("medforget_lm", {}).get("provenance", {}).get("data", {})
+
+    fields = {k for k in cfg.data.keys()}
+    defaults = {f"data.{k}": v for k, v in trained_with(cfg.original).items() if k in fields}
+    unlearned_fraction = trained_with(cfg.unlearned).get("forget_fraction")
+    if unlearned_fraction is not None:
+        defaults["data.forget_fraction"] = unlearned_fraction
+    parser.set_defaults(defaults)
+    cfg = parser.parse_args(args)
+    init = parser.instantiate_classes(cfg)
+    recorded = {k: v for k, v in json.loads(parser.dump(cfg, format="json")).items()
+                if k not in ("salt_file", "config")}
+    report = run_lm_audit({"original": cfg.original, "unlearned": cfg.unlearned, "retain": cfg.retain}, init.data,
+                          cfg.out, init.audit, init.tolerances, salt_file=cfg.salt_file, cli_config=recorded)
+    out = Path(cfg.out)
+    table = format_lm_table(report)
+    if report["criteria"]:
+        table += "\n\n" + format_lm_criteria(report["criteria"]) + f"\nverdict: {report['verdict'].upper()}"
+    (out / "table.txt").write_text(table + "\n")
+    print(table)
+    print(f"\nwrote {out / 'lm_audit.json'}, {out / 'lm_audit.md'}, {out / 'lm_audit.html'}")
+    return report
+
+
 COMMANDS = {"synth": synth, "train": train, "train-lm": train_lm, "unlearn": unlearn, "unlearn-lm": unlearn_lm,
-            "evaluate": evaluate, "demo": demo}
+            "evaluate": evaluate, "demo": demo, "evaluate-lm": evaluate_lm}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -349,7 +349,7 @@ def _inline_md(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
-def to_html(items: list[Block], root: Path) -> str:
+def to_html(items: list[Block], root: Path, title: str = "medforget audit") -> str:
     body: list[str] = []
     for item in items:
         kind = item[0]
@@ -378,7 +378,7 @@ padding:.7em;overflow-x:auto;font-size:12px}img{max-width:100%}figcaption{font-s
     html_text = "\n".join(body)
     html_text = html_text.replace("<td>PASS</td>", '<td style="color:#1a7f37;font-weight:bold">PASS</td>')
     html_text = html_text.replace("<td>FAIL</td>", '<td style="color:#c62828;font-weight:bold">FAIL</td>')
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>medforget audit</title>'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{style}</style></head><body>\n{html_text}\n</body></html>\n")
 
 

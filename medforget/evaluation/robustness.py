@@ -58,24 +58,31 @@ def round_to_nearest(weight: torch.Tensor, bits: int, group_size: int | None = N
     return out.reshape(weight.shape).to(weight.dtype)
 
 
-def _round_weights_(model: nn.Module, types: tuple[type, ...], bits: int, group_size: int | None) -> int:
+def _round_weights_(model: nn.Module, types: tuple[type, ...], bits: int, group_size: int | None,
+                    skip: tuple[str, ...] = ()) -> int:
     count = 0
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, types) and getattr(module, "weight", None) is not None:
+        for name, module in model.named_modules():
+            if isinstance(module, types) and getattr(module, "weight", None) is not None and name not in skip:
                 module.weight.copy_(round_to_nearest(module.weight, bits, group_size))
                 count += 1
     return count
 
 
-def quantize_model(model: FusionClassifier, scheme: str, group_size: int = 32) -> FusionClassifier:
+def quantize_model(model: nn.Module, scheme: str, group_size: int = 32, module: str = "net",
+                   skip: tuple[str, ...] = ()) -> nn.Module:
     """A quantized copy of ``model`` (CPU, eval mode); the input model is not modified.
 
     Args:
-        model: A classifier.
+        model: A classifier (or any module, e.g. a :class:`~medforget.llm.system.ClinicalLM`).
         scheme: ``int8`` (dynamic int8 Linear layers + int8 per-channel convolutions) or ``int4`` (4-bit
             round-to-nearest of every Linear and convolution weight, groups of ``group_size``).
         group_size: Group size of ``int4``.
+        module: The submodule whose Linear layers ``int8`` swaps for torchao's int8 kernels (``net`` of a
+            classifier, ``lm`` of a language model; ``""``: the whole model).
+        skip: Qualified names (as in ``model.named_modules()``) of layers left in full precision, e.g. a language
+            model's ``lm.lm_head`` (tied to its input embeddings, which weight-only LLM quantizers keep in full
+            precision).
     """
     if scheme not in QUANTIZATION_SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; choose from {QUANTIZATION_SCHEMES}")
@@ -83,10 +90,13 @@ def quantize_model(model: FusionClassifier, scheme: str, group_size: int = 32) -
     if scheme == "int8":
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-        _round_weights_(quantized, CONV_TYPES, bits=8, group_size=None)
-        quantize_(quantized.net, Int8DynamicActivationInt8WeightConfig())
+        _round_weights_(quantized, CONV_TYPES, bits=8, group_size=None, skip=skip)
+        target = quantized.get_submodule(module)
+        prefix = f"{module}." if module else ""
+        keep = (lambda mod, fqn: isinstance(mod, nn.Linear) and f"{prefix}{fqn}" not in skip) if skip else None
+        quantize_(target, Int8DynamicActivationInt8WeightConfig(), filter_fn=keep)
     else:
-        _round_weights_(quantized, (nn.Linear, *CONV_TYPES), bits=4, group_size=group_size)
+        _round_weights_(quantized, (nn.Linear, *CONV_TYPES), bits=4, group_size=group_size, skip=skip)
     return quantized
 
 

@@ -7,6 +7,10 @@ method under its class name; the registry-parametrized tests exercise every one.
 
 Notation of the design (``../shared/design/METHODS.md``): forget loss ``L_f``, retain loss ``L_r`` (NLL, or KL to the
 frozen original model), total ``gamma * L_f + alpha * L_r``.
+
+Set-up that needs data (saliency scores, masks, noise) goes in :meth:`LMUnlearningMethod.prepare`, run once per run at
+the start of fitting and not again when a run resumes from a Lightning checkpoint; a method that restricts which
+weights change fills :attr:`LMUnlearningMethod.update_masks` there (a hard constraint, weight decay included).
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class LMUnlearningMethod(L.LightningModule):
     registry: ClassVar[dict[str, type[LMUnlearningMethod]]] = {}
     needs_reference: ClassVar[bool] = False  # keeps a frozen copy of the original model as ``self.reference``
     uses_retain: ClassVar[bool] = True  # False: forget data only (GradAscent, FLAT); alpha is ignored
+    restricts_updates: ClassVar[bool] = False  # True: only the True entries of ``update_masks`` ever change
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -93,6 +98,8 @@ class LMUnlearningMethod(L.LightningModule):
                          "retain_loss": retain_loss}
         self.model: ClinicalLM | None = None
         self.reference: ClinicalLM | None = None
+        self.prepared = False  # prepare() has run (saved in Lightning checkpoints: a resumed run skips it)
+        self.update_masks: dict[str, torch.Tensor] = {}  # parameter name -> bool mask (True: may change)
         if ckpt is not None:
             self.attach(load_lm(ckpt))
 
@@ -106,7 +113,19 @@ class LMUnlearningMethod(L.LightningModule):
         return self
 
     def on_attach(self) -> None:
-        """Hook for methods that need masks, directions or scores before training."""
+        """Hook for methods that need directions, frozen parameters or buffers before training (no data yet)."""
+
+    def prepare(self) -> None:
+        """Hook for set-up that needs data (:meth:`part_batches`): scores, masks, noise. Runs once, at the start of
+        the first fit, with gradients enabled; a run resumed from a Lightning checkpoint does not run it again."""
+
+    def on_fit_start(self) -> None:
+        if not self.prepared:
+            with torch.enable_grad():
+                self.prepare()
+            self.lm.zero_grad(set_to_none=True)
+            self.prepared = True
+        self.update_masks = {n: m.to(self.device, torch.bool) for n, m in self.update_masks.items()}
 
     @property
     def lm(self) -> ClinicalLM:
@@ -175,10 +194,39 @@ class LMUnlearningMethod(L.LightningModule):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.lm.parameters() if p.requires_grad]
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """With ``restricts_updates``: zero the gradients outside ``update_masks`` (Adam's moments of those entries
+        stay exactly 0, so their updates are exactly 0) and apply AdamW's decoupled weight decay here, to the
+        updatable entries only (the optimizer itself has none), so masked-out weights never change, bit for bit."""
+        if not self.restricts_updates:
+            return
+        decay = self.settings["weight_decay"]
+        lrs = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+        with torch.no_grad():
+            for name, p in self.lm.named_parameters():
+                if id(p) not in lrs or p.grad is None:  # AdamW skips parameters without a gradient, decay included
+                    continue
+                mask = self.update_masks.get(name)
+                if mask is not None:
+                    p.grad.mul_(mask)
+                if decay:
+                    factor = lrs[id(p)] * decay
+                    p.sub_(p * factor if mask is None else p * mask * factor)
+
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.settings["lr"],
-                                      weight_decay=self.settings["weight_decay"])
+                                      weight_decay=0.0 if self.restricts_updates else self.settings["weight_decay"])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warm = int(self.settings["warmup"] * total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warm)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["medforget_lm_unlearning"] = {"prepared": self.prepared,
+                                                 "update_masks": {n: m.cpu() for n, m in self.update_masks.items()}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("medforget_lm_unlearning", {})
+        self.prepared = bool(state.get("prepared", False))
+        self.update_masks = dict(state.get("update_masks", {}))
