@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--epochs", type=int, default=30, help="training epochs of the original / retain-only models")
     parser.add_argument("--unlearn-epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16, help="unlearning batch size")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="draws the forget set and seeds every run")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"])
     parser.add_argument("--jobs", type=int, default=1, help="grid points run in parallel")
     parser.add_argument("--min-utility", type=float, default=0.95,
@@ -222,10 +222,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="60 patients, a small model, one lr: a smoke run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "runs" / "llm")
     args = parser.parse_args(argv)
-    data = {"num_patients": args.num_patients, "forget_fraction": args.forget_fraction}
+    # the seed draws the forget / holdout patients (split_seed) and seeds training and unlearning
+    data = {"num_patients": args.num_patients, "forget_fraction": args.forget_fraction, "split_seed": args.seed}
     model_flags: list[str] = []
     if args.quick:
-        data = {"num_patients": 60, "forget_fraction": 0.1}
+        data = {"num_patients": 60, "forget_fraction": 0.1, "split_seed": args.seed}
         model_flags = ["--model.hidden_size=64", "--model.num_layers=2"]
         args.epochs, args.unlearn_epochs, args.no_tune = 10, 3, True
     data_flags = [f"--data.{k}={v}" for k, v in data.items()]
@@ -283,6 +284,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(f"  {job['name']} lr={job['lr']:g}: FAILED: {err}", flush=True)
                 continue
             r = rows[-1]
+            (args.out / "runs.json").write_text(json.dumps(rows, indent=1, default=float))  # partial results
             print(f"  {r['method']:<12} lr={r['lr']:<7g} proxy p={r['fp']['proxy']['p_value']:.3g} "
                   f"utility={r['fp']['metrics']['model_utility']:.3f} "
                   f"extraction={r['fp']['metrics']['extraction']['forget']['rate']:.2f}/"

@@ -1,8 +1,10 @@
-"""``python -m medforget <verb>``: synth | train | unlearn | evaluate | demo.
+"""``python -m medforget <verb>``: synth | train | unlearn | evaluate | demo, and for clinical-notes language models
+train-lm | unlearn-lm | evaluate-lm.
 
-``train`` and ``unlearn`` are LightningCLIs: every typed ``__init__`` argument of the model, the datamodule and the
-Trainer is a flag and a YAML key (``--config configs/...yaml``, ``--print_config``), and the resolved config is saved
-next to each run. ``synth``, ``evaluate`` and ``demo`` use jsonargparse, the parser LightningCLI is built on.
+``train``, ``unlearn``, ``train-lm`` and ``unlearn-lm`` are LightningCLIs: every typed ``__init__`` argument of
+the model, the datamodule and the Trainer is a flag and a YAML key (``--config configs/...yaml``,
+``--print_config``), and the resolved config is saved next to each run. ``synth``, ``evaluate``, ``evaluate-lm`` and
+``demo`` use jsonargparse, the parser LightningCLI is built on.
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ VERBS = {
     "synth": "write a synthetic hospital (DICOM images + reports + manifest.csv)",
     "train": "fit a fusion classifier (the original model, or the retrained reference with --data.exclude_patients)",
     "unlearn": "remove the patients of a forget request from a trained checkpoint (--method, --ckpt, --forget)",
-    "train-lm": "fit a clinical-notes language model (the original, or the retain-only reference with "
-                "--data.exclude_forget true)",
-    "unlearn-lm": "remove the forget patients from a clinical-notes language model (--method, --ckpt)",
     "evaluate": "the audit: original / unlearned / retrained on forget, retain and test patients, membership "
                 "attacks, quantization and relearning attacks, pass/fail (audit.json, audit.md, audit.html)",
     "demo": "synth -> train -> retrain -> unlearn -> evaluate (the audit) on the synthetic hospital, with timings",
+    "train-lm": "fit a clinical-notes language model (the original, or the retain-only reference with "
+                "--data.exclude_forget true)",
+    "unlearn-lm": "remove the forget patients from a clinical-notes language model (--method, --ckpt)",
     "evaluate-lm": "the language-model audit: original / unlearned / retain-only models on TOFU metrics, identifier "
                    "extraction, membership attacks and the quantization attack (lm_audit.json, .md, .html)",
 }
@@ -482,8 +484,8 @@ def evaluate_lm(args: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
-COMMANDS = {"synth": synth, "train": train, "train-lm": train_lm, "unlearn": unlearn, "unlearn-lm": unlearn_lm,
-            "evaluate": evaluate, "demo": demo, "evaluate-lm": evaluate_lm}
+COMMANDS = {"synth": synth, "train": train, "unlearn": unlearn, "evaluate": evaluate, "demo": demo,
+            "train-lm": train_lm, "unlearn-lm": unlearn_lm, "evaluate-lm": evaluate_lm}
 
 
 def main(argv: list[str] | None = None) -> None:
