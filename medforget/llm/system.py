@@ -61,6 +61,7 @@ class ClinicalLM(L.LightningModule):
         self.tokenizer = None
         if pretrained is not None:
             self.lm, self.tokenizer = load_pretrained_lm(pretrained)
+            self.lm.train()  # from_pretrained returns eval mode (dropout off); Lightning keeps a module's mode
         else:
             self.lm = build_causal_lm(vocab_size, hidden_size, num_layers, num_heads, max_length)
 
