@@ -18,8 +18,8 @@ score) as a ratio to the retain-only model's, the identifier extraction rate (sh
 date of birth greedy generation emits) before and after 4-bit quantization, MUSE's privleak with Min-K%++ (0 = the
 retain-only model's), and the unlearning wall time as a fraction of the retain-only model's training time.
 
-    python benchmarks/llm.py                       # every method, 3 learning rates (~25 min on 2 CPU cores)
-    python benchmarks/llm.py --accelerator gpu --jobs 8
+    python benchmarks/llm.py                       # every method, 3 learning rates, on the CPU
+    python benchmarks/llm.py --accelerator gpu --jobs 10   # 269 s on one H100 with 16 CPU cores
     python benchmarks/llm.py --quick               # 60 patients, small model, 1 learning rate: a smoke run
     python benchmarks/llm.py --methods NPO SURE
 
