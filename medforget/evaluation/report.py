@@ -30,6 +30,15 @@ def _num(x: Any, signed: bool = False) -> str:
     return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
+def criterion_value(value: Any, tolerance: float) -> str:
+    """A criterion's value to 3 decimals, or to 5 where 3 would print it equal to the tolerance it fails or passes
+    by less than the rounding (e.g. 0.89951 against ``>= 0.9``)."""
+    text = _num(value)
+    if text != "n/a" and value != tolerance and float(text) == round(tolerance, 3):
+        return f"{value:.5f}"
+    return text
+
+
 def cell(node: Any, signed: bool = False) -> str:
     """``mean ± std`` of an aggregate leaf (just the mean for one run)."""
     if not isinstance(node, dict) or "mean" not in node:

@@ -38,6 +38,7 @@ from medforget.datamodules.lm import ClinicalNotesDataModule
 from medforget.datamodules.splits import salted_hash
 from medforget.evaluation.audit import _fmt, _table, code_version, load_or_create_salt, write_json
 from medforget.evaluation.mia.base import ci95, patient_bootstrap_aucs
+from medforget.evaluation.report import criterion_value
 from medforget.evaluation.robustness import QUANTIZATION_SCHEMES, recovered_fraction
 from medforget.llm.evaluation import (
     ATTACKS,
@@ -471,6 +472,6 @@ def format_lm_table(report: dict[str, Any]) -> str:
 
 def format_lm_criteria(checks: list[dict[str, Any]]) -> str:
     """One line per criterion: PASS / FAIL / n/a, value and tolerance."""
-    rows = [[c["criterion"], _fmt(c["value"]), f"{c['comparison']} {c['tolerance']:g}",
+    rows = [[c["criterion"], criterion_value(c["value"], c["tolerance"]), f"{c['comparison']} {c['tolerance']:g}",
              "n/a" if c["passed"] is None else ("PASS" if c["passed"] else "FAIL")] for c in checks]
     return _table(["criterion", "value", "tolerance", "result"], rows)

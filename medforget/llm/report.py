@@ -15,7 +15,16 @@ import numpy as np
 
 from medforget.evaluation.audit import _json_safe, atomic_write_text
 from medforget.evaluation.mia.base import roc
-from medforget.evaluation.report import COLORS, Block, _figure, _num, _save, to_html, to_markdown
+from medforget.evaluation.report import (
+    COLORS,
+    Block,
+    _figure,
+    _num,
+    _save,
+    criterion_value,
+    to_html,
+    to_markdown,
+)
 from medforget.llm.audit import LM_MODEL_NAMES, REFERENCE, LMArtifacts
 
 LM_COLORS = {"original": COLORS["original"], "unlearned": COLORS["unlearned"], "retain": COLORS["retrained"]}
@@ -139,7 +148,8 @@ def lm_blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
 
     if report["criteria"]:
         out.append(("h2", "Criteria (unlearned vs retain-only)"))
-        rows = [[c["criterion"], c["description"], _num(c["value"]), f"{c['comparison']} {c['tolerance']:g}",
+        rows = [[c["criterion"], c["description"], criterion_value(c["value"], c["tolerance"]),
+                 f"{c['comparison']} {c['tolerance']:g}",
                  "n/a" if c["passed"] is None else ("PASS" if c["passed"] else "FAIL")] for c in report["criteria"]]
         out.append(("table", ["criterion", "what", "value", "tolerance", "result"], rows))
 

@@ -285,3 +285,12 @@ def test_reference_models_are_cached(audit, trained_ckpt, forget_file, tiny_data
     assert design.shape == (2, len(retain)) and (design.sum(0) == 1).all()
     ckpt = load_classifier(paths[0])
     assert ckpt.provenance["kind"] == "reference" and ckpt.provenance["in_patients"] == int(design[0].sum())
+
+
+def test_criterion_value_never_prints_a_failing_value_equal_to_its_tolerance():
+    from medforget.evaluation.report import criterion_value
+
+    assert criterion_value(0.89985, 0.9) == "0.89985"  # 0.900 would read as passing ">= 0.9"
+    assert criterion_value(0.9, 0.9) == "0.900"
+    assert criterion_value(0.267, 0.05) == "0.267"
+    assert criterion_value(float("nan"), 0.05) == "n/a"
