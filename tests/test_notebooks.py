@@ -19,7 +19,7 @@ nbclient = pytest.importorskip("nbclient")
 kernelspec = pytest.importorskip("ipykernel.kernelspec")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NAMES = ("01_data.ipynb", "02_train_unlearn_audit.ipynb", "03_mia.ipynb")
+NAMES = ("01_data.ipynb", "02_train_unlearn_audit.ipynb", "03_mia.ipynb", "04_llm.ipynb")
 KERNEL = "medforget-test"
 TINY = {
     "MEDFORGET_NB_PATIENTS": "32",
@@ -171,3 +171,23 @@ def test_mia_notebook_standalone(kernel, tmp_path):
     assert mia["attacks"] == default_attacks()
     assert {"original", "unlearned", "retrained"} == set(mia["mia"])
     assert_no_phi(nb, tmp_path / "03_mia" / "hospital" / "manifest.csv")
+
+
+def test_llm_notebook(kernel, tmp_path):
+    """Notebook 04 on a 30-patient corpus and a tiny model: the LM audit is written and shown, and no name, MRN, date
+    of birth or note of the corpus appears in any output."""
+    from medforget.datamodules.notes import generate_corpus
+
+    nb = execute("04_llm.ipynb", tmp_path, kernel, MEDFORGET_NB_LM_PATIENTS="30", MEDFORGET_NB_LM_EPOCHS="6")
+    audit = tmp_path / "04_llm" / "audit"
+    report = json.loads((audit / "lm_audit.json").read_text())
+    assert report["verdict"] in ("pass", "fail")
+    assert (audit / "lm_audit.md").is_file() and (audit / "lm_audit.html").is_file()
+    text = output_text(nb)
+    assert "<name>" in text and "<mrn>" in text  # the masked example
+    assert all(c["criterion"] in text for c in report["criteria"])
+    assert images(nb) == len(list((audit / "plots").glob("*.png"))) >= 3
+    records = generate_corpus(30, seed=0)
+    for r in records:
+        for value in (r.name, r.mrn, r.dob, *r.notes):
+            assert value not in text, "an identifier or a note is in the notebook's outputs"
