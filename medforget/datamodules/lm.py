@@ -181,17 +181,17 @@ class ClinicalNotesDataModule(L.LightningDataModule):
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
-        """Question-answer pairs of a seeded sample of trained patients (is the model memorising?)."""
-        if self.mode == "unlearn":
-            return [self.part_dataloader("forget"), self._loader(self.examples(self._retain_sample(), "qa"), False)]
-        trained = self.trained_patients()
-        sample = np.random.default_rng(self.split_seed).choice(trained, size=min(len(trained), 16), replace=False)
-        return self._loader(self.examples(sorted(int(p) for p in sample), "qa"), shuffle=False)
-
-    def _retain_sample(self, size: int = 16) -> list[int]:
+        """Question-answer pairs of a seeded sample of trained patients (is the model memorising?); in ``unlearn``
+        mode, the forget patients' and a seeded sample of retain patients' (two loaders)."""
         self.setup()
-        retain = self.parts["retain"]
-        sample = np.random.default_rng(self.split_seed).choice(retain, size=min(len(retain), size), replace=False)
+        if self.mode == "unlearn":
+            retain = self._seeded_sample(self.parts["retain"])
+            return [self.part_dataloader("forget"), self._loader(self.examples(retain, "qa"), False)]
+        return self._loader(self.examples(self._seeded_sample(self.trained_patients()), "qa"), shuffle=False)
+
+    def _seeded_sample(self, patients: list[int], size: int = 16) -> list[int]:
+        """Up to ``size`` of ``patients``, drawn with ``split_seed``, sorted."""
+        sample = np.random.default_rng(self.split_seed).choice(patients, size=min(len(patients), size), replace=False)
         return sorted(int(p) for p in sample)
 
     def part_dataloader(self, part: str, content: str = "qa") -> DataLoader:

@@ -81,28 +81,34 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
+def plot_roc_panels(panels: dict[str, list[tuple[str, Any, Any, dict[str, Any]]]], path: Path, ncols: int,
+                    nonmembers: str, legend_size: int = 7) -> Path | None:
+    """One ROC panel per attack: ``{title: [(label, member_scores, nonmember_scores, line style), ...]}``, with the
+    chance diagonal; the x axis names the non-member set."""
+    if not panels:
+        return None
+    ncols = min(ncols, len(panels))
+    plt, fig, axes = _figure(math.ceil(len(panels) / ncols), ncols)
+    for ax, (title, curves) in zip(axes.flat, panels.items(), strict=False):
+        for label, members, others, style in curves:
+            fpr, tpr = roc(members, others)
+            ax.plot(fpr, tpr, label=label, **style)
+        ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+        ax.set(title=title, xlabel=f"FPR ({nonmembers})", ylabel="TPR (forget)", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(fontsize=legend_size, loc="lower right")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    return _save(plt, fig, path)
+
+
 def plot_roc(artifacts: RunArtifacts, path: Path) -> Path | None:
     """ROC curve of every attack (forget = members vs test = non-members), one panel per attack, one line per model."""
     models = [m for m in MODEL_NAMES if m in artifacts.scores] + [m for m in artifacts.scores if m not in MODEL_NAMES]
     attacks = sorted({a for m in models for a in artifacts.scores[m]})
-    if not attacks:
-        return None
-    ncols = min(4, len(attacks))
-    plt, fig, axes = _figure(math.ceil(len(attacks) / ncols), ncols)
-    for ax, attack in zip(axes.flat, attacks, strict=False):
-        for model in models:
-            scores = artifacts.scores[model].get(attack)
-            if scores is None:
-                continue
-            fpr, tpr = roc(scores["forget"], scores["test"])
-            ax.plot(fpr, tpr, color=COLORS.get(model), label=model, lw=1.5)
-        ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-        ax.set(title=attack.removesuffix("Attack"), xlabel="FPR (test)", ylabel="TPR (forget)", xlim=(0, 1),
-               ylim=(0, 1))
-        ax.legend(fontsize=7, loc="lower right")
-    for ax in list(axes.flat)[len(attacks):]:
-        ax.axis("off")
-    return _save(plt, fig, path)
+    panels = {attack.removesuffix("Attack"): [
+        (model, scores["forget"], scores["test"], {"color": COLORS.get(model), "lw": 1.5})
+        for model in models if (scores := artifacts.scores[model].get(attack)) is not None] for attack in attacks}
+    return plot_roc_panels(panels, path, ncols=4, nonmembers="test")
 
 
 def plot_histograms(artifacts: RunArtifacts, path: Path) -> Path | None:

@@ -7,14 +7,12 @@ Nothing here reads patient data: the inputs are the audit dictionary and per-que
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medforget.evaluation.audit import _json_safe, atomic_write_text
-from medforget.evaluation.mia.base import roc
 from medforget.evaluation.report import (
     COLORS,
     Block,
@@ -22,6 +20,7 @@ from medforget.evaluation.report import (
     _num,
     _save,
     criterion_value,
+    plot_roc_panels,
     to_html,
     to_markdown,
 )
@@ -79,23 +78,10 @@ def plot_lm_roc(artifacts: LMArtifacts, path: Path) -> Path | None:
     """ROC curve of every attack (forget texts = members vs holdout texts), one panel per attack."""
     names = list(artifacts.scores)
     attacks = sorted({a for n in names for a in artifacts.scores[n]})
-    if not attacks:
-        return None
-    ncols = min(3, len(attacks))
-    plt, fig, axes = _figure(math.ceil(len(attacks) / ncols), ncols)
-    for ax, attack in zip(axes.flat, attacks, strict=False):
-        for name in names:
-            scores = artifacts.scores[name].get(attack)
-            if scores is None:
-                continue
-            fpr, tpr = roc(*scores)
-            ax.plot(fpr, tpr, color=_color(name), ls=_style(name), label=name, lw=1.4)
-        ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-        ax.set(title=attack, xlabel="FPR (holdout)", ylabel="TPR (forget)", xlim=(0, 1), ylim=(0, 1))
-        ax.legend(fontsize=6, loc="lower right")
-    for ax in list(axes.flat)[len(attacks):]:
-        ax.axis("off")
-    return _save(plt, fig, path)
+    panels = {attack: [(name, *scores, {"color": _color(name), "ls": _style(name), "lw": 1.4})
+                       for name in names if (scores := artifacts.scores[name].get(attack)) is not None]
+              for attack in attacks}
+    return plot_roc_panels(panels, path, ncols=3, nonmembers="holdout", legend_size=6)
 
 
 def plot_extraction(report: dict[str, Any], path: Path) -> Path | None:
