@@ -5,16 +5,16 @@ NPO (optionally on the selected weights only)."""
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
-from medforget.llm.methods.base import LMUnlearningMethod, mean_nll
-from medforget.llm.methods.losses import forget_objective
+from medforget.llm.methods.base import mean_nll
+from medforget.llm.methods.losses import _SelectThenFineTune
 from medforget.llm.methods.saliency import accumulate_gradients, top_fraction_mask
 
 
-class GRIN(LMUnlearningMethod):
+class GRIN(_SelectThenFineTune):
     """Gradient-ratio weight selection, noise injection, then GradDiff or NPO fine-tuning.
 
     Before the first step (once per run; a resumed run does not add noise again) the gradients of the forget NLL
@@ -60,16 +60,9 @@ class GRIN(LMUnlearningMethod):
         mask_updates: bool = False,
         seed: int = 0,
     ) -> None:
-        if then not in ("graddiff", "npo"):
-            raise ValueError(f"model.then must be 'graddiff' or 'npo', got {then!r}")
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"model.fraction must be in (0, 1], got {fraction}")
+        self.check_selection_args(then, fraction)
         super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss)
         self.selection: dict[str, torch.Tensor] = {}
-
-    @property
-    def needs_reference(self) -> bool:  # the frozen original for NPO
-        return self.hparams.then == "npo"
 
     @property
     def restricts_updates(self) -> bool:
@@ -104,7 +97,3 @@ class GRIN(LMUnlearningMethod):
                 p.add_(noise * mask)
         if self.hparams.mask_updates:
             self.update_masks = dict(self.selection)
-
-    def unlearning_loss(self, forget: dict[str, Any], retain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        loss = forget_objective(self.hparams.then, self.lm, self.reference, forget, self.hparams.beta)
-        return self.combine(loss, retain)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from medforget.llm.methods.base import mean_nll, sequence_logprob
+from medforget.llm.methods.base import LMUnlearningMethod, mean_nll, sequence_logprob
 from medforget.llm.system import ClinicalLM
 
 
@@ -79,3 +79,27 @@ def forget_objective(kind: str, model: ClinicalLM, reference: ClinicalLM | None,
     if kind == "graddiff":
         return -mean_nll(model, forget)
     raise ValueError(f"unknown forget objective {kind!r}: 'graddiff' or 'npo'")
+
+
+FORGET_OBJECTIVES = ("graddiff", "npo")
+
+
+class _SelectThenFineTune(LMUnlearningMethod):
+    """Shared part of the methods that select weights first and then fine-tune with :func:`forget_objective`
+    (GRIN, SURE): their ``then`` (``graddiff`` or ``npo``), ``beta`` and ``fraction`` arguments, the frozen original
+    needed by NPO, and the loss. Not registered (private name)."""
+
+    @staticmethod
+    def check_selection_args(then: str, fraction: float) -> None:
+        if then not in FORGET_OBJECTIVES:
+            raise ValueError(f"model.then must be 'graddiff' or 'npo', got {then!r}")
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"model.fraction must be in (0, 1], got {fraction}")
+
+    @property
+    def needs_reference(self) -> bool:  # the frozen original for NPO
+        return self.hparams.then == "npo"
+
+    def unlearning_loss(self, forget: dict, retain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        loss = forget_objective(self.hparams.then, self.lm, self.reference, forget, self.hparams.beta)
+        return self.combine(loss, retain)

@@ -6,16 +6,16 @@ model (and its utility) stays exactly as it was."""
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
-from medforget.llm.methods.base import LMUnlearningMethod, mean_nll
-from medforget.llm.methods.losses import forget_objective
+from medforget.llm.methods.base import mean_nll
+from medforget.llm.methods.losses import _SelectThenFineTune
 from medforget.llm.methods.saliency import accumulate_gradients, top_fraction_mask
 
 
-class SURE(LMUnlearningMethod):
+class SURE(_SelectThenFineTune):
     """GradDiff or NPO on the forget-salient output neurons of the linear layers only.
 
     The units are the output neurons (rows) of every ``nn.Linear`` of the model (attention and MLP projections, and
@@ -53,15 +53,8 @@ class SURE(LMUnlearningMethod):
         beta: float = 0.1,
         fraction: float = 0.1,
     ) -> None:
-        if then not in ("graddiff", "npo"):
-            raise ValueError(f"model.then must be 'graddiff' or 'npo', got {then!r}")
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"model.fraction must be in (0, 1], got {fraction}")
+        self.check_selection_args(then, fraction)
         super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss)
-
-    @property
-    def needs_reference(self) -> bool:  # the frozen original for NPO
-        return self.hparams.then == "npo"
 
     def neurons(self) -> dict[str, list[str]]:
         """``{linear weight name: [its parameter names (weight, bias)]}``: the parameters whose rows are units."""
@@ -89,7 +82,3 @@ class SURE(LMUnlearningMethod):
         rows = top_fraction_mask(saliency, self.hparams.fraction)
         self.update_masks = {n: rows[w].view(-1, *[1] * (params[n].ndim - 1))
                              for w, group in groups.items() for n in group}
-
-    def unlearning_loss(self, forget: dict[str, Any], retain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        loss = forget_objective(self.hparams.then, self.lm, self.reference, forget, self.hparams.beta)
-        return self.combine(loss, retain)
