@@ -18,10 +18,12 @@ criterion                  gap                                                  
 ``relearning``             forget accuracy after the relearning attack: u - r      upper       relearn_accuracy_gap
 =========================  ======================================================  ==========  ==============
 
-(u: unlearned, r: retrained, o: original, q: quantized.) Each criterion is also computed for the original model in
-the unlearned model's place (its **power**): a criterion on which the original is not shown to differ (FAIL, or at
-least a point estimate outside the tolerance) cannot tell forgetting from not forgetting on this model; it is marked
-``no power`` and does not count towards the verdict. With several runs of one request, the same gap between the
+(u: unlearned, r: retrained, o: original, q: quantized.) Each forgetting criterion (attacks, forget accuracy and AUC,
+relearning) is also computed for the original model in the unlearned model's place (its **power**): a criterion on
+which the original is not shown to differ (FAIL, or at least a point estimate outside the tolerance) cannot tell
+forgetting from not forgetting on this model; it is marked ``no power`` and does not count towards the verdict.
+Utility lost and quantization recovery are not forgetting tests of the original (it loses no utility and has nothing
+to recover), so they always count. With several runs of one request, the same gap between the
 retrained models of different seeds is the criterion's **noise floor**.
 """
 
@@ -143,6 +145,7 @@ class Criterion:
     units: str  # forget | test | held
     gap: Callable[[Values, Values, Values | None], tuple[float, np.ndarray] | None]
     direction: tuple[str, str] = ("under-unlearned", "over-unlearned")  # what a positive / negative gap means
+    power_check: bool = True  # a forgetting criterion, which the original model must fail to count
 
 
 def _diff(key: str, sign: float = 1.0):
@@ -181,10 +184,11 @@ def criteria_for(attacks: list[str], schemes: list[str], relearning: bool) -> li
         Criterion("forget_auc", "forget AUC (fused head): unlearned - retrained", "forget_auc_gap", "two-sided",
                   "forget", _diff("forget_auc")),
         Criterion("test_auc_drop", "test AUC (fused head) lost: retrained - unlearned", "test_auc_drop", "upper",
-                  "test", _diff("test_auc", -1.0), ("utility lost", "utility gained")),
+                  "test", _diff("test_auc", -1.0), ("utility lost", "utility gained"), power_check=False),
     ]
     out += [Criterion(f"quantization/{s}", f"share of the forgotten forget accuracy that {s} quantization recovers",
-                      "quantization_recovery", "upper", "forget", _recovered(s)) for s in schemes]
+                      "quantization_recovery", "upper", "forget", _recovered(s), power_check=False)
+            for s in schemes]
     if relearning:
         out.append(Criterion("relearning", "forget accuracy after the relearning attack: unlearned - retrained",
                              "relearn_accuracy_gap", "upper", "held", _diff("relearned_accuracy")))
@@ -246,7 +250,7 @@ def evaluate_criteria(
             continue
         entry = {"criterion": crit.name, "description": crit.description, **decision, "runs": len(usable),
                  "direction": _direction(crit, decision)}
-        power = judged("original") if unlearned != "original" else None
+        power = judged("original") if unlearned != "original" and crit.power_check else None
         if power is not None:
             est = power["estimate"]
             outside = not math.isnan(est) and (abs(est) if crit.sided == "two-sided" else est) > tolerance

@@ -455,3 +455,66 @@ def test_patient_bootstrap_is_paired_seeded_and_patient_level():
     narrow = patient_bootstrap_aucs({"c": (clustered, nonmembers)}, np.arange(40), np.arange(60), reps=300,
                                     seed=0)["c"]
     assert np.diff(ci95(wide))[0] > np.diff(ci95(narrow))[0]
+
+
+@pytest.mark.parametrize("name", ["LogisticRegressionAttack", "SVCAttack"])
+def test_population_attack_folds_never_split_a_patient(name, monkeypatch):
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from medforget.evaluation.mia.base import AttackData
+
+    g = torch.Generator().manual_seed(0)
+    parts = {"retain": 30, "val": 12, "forget": 6, "test": 12}  # patients, 3 studies each
+    target = {p: (torch.randn(3 * n, C, generator=g), torch.randint(0, C, (3 * n,), generator=g))
+              for p, n in parts.items()}
+    groups = {p: np.repeat(np.arange(n), 3) for p, n in parts.items()}
+    seen = []
+    original_split = StratifiedGroupKFold.split
+
+    def spy(self, x, y=None, groups=None):
+        for train, held in original_split(self, x, y, groups):
+            seen.append((set(groups[train]), set(groups[held])))
+            yield train, held
+
+    monkeypatch.setattr(StratifiedGroupKFold, "split", spy)
+    result = MembershipAttack.registry[name]().run(AttackData(target, groups=groups))
+    assert seen  # the grouped splitter was used, with the patients
+    assert all(not (train & held) for train, held in seen)  # no patient on both sides of a fold
+    assert result.metrics["patient_n_members"] == 6 and result.metrics["patient_n_nonmembers"] == 12
+    # with too few val patients there is nothing to cross-validate
+    few = {**groups, "val": np.zeros(36, dtype=int)}
+    with pytest.raises(ValueError, match="2 val patients"):
+        MembershipAttack.registry[name]().run(AttackData(target, groups=few))
+
+
+def test_rmia_tunes_a_on_a_reference_model():
+    from medforget.evaluation.mia import RMIAAttack
+    from medforget.evaluation.mia.rmia import A_GRID
+
+    data = scenario(True, seed=3, k=4)
+    attack = RMIAAttack()
+    attack.run(data)
+    assert attack.chosen_a in A_GRID
+    # the tuning chose the a of best AUC for reference model 0 (its IN retain samples vs val) against the others
+    from medforget.evaluation.mia.base import attack_metrics, true_class_prob
+    from medforget.evaluation.mia.rmia import pairwise_scores
+
+    def auc_for(a: float) -> float:
+        def ratio(part, rows=slice(None)):
+            labels = data.target[part][1][rows]
+            outs = [true_class_prob(r[part][rows], labels).masked_fill(m[part][rows].bool(), float("nan"))
+                    for r, m in zip(data.references[1:], data.reference_members[1:], strict=True)]
+            p_out = torch.stack(outs).nanmean(0)
+            return true_class_prob(data.references[0][part][rows], labels) / (0.5 * ((1 + a) * p_out + (1 - a)))
+
+        members = data.reference_members[0]["retain"].bool()
+        population = ratio("val")
+        member = pairwise_scores(ratio("retain", members), population, 1.0)
+        nonmember = pairwise_scores(population, population, 1.0, torch.arange(len(population)))
+        return attack_metrics(member, nonmember)["auc"]
+
+    aucs = {a: auc_for(a) for a in A_GRID}
+    assert aucs[attack.chosen_a] == pytest.approx(max(aucs.values()))
+    fixed = RMIAAttack(offline_a=0.5)
+    fixed.run(data)
+    assert fixed.chosen_a == 0.5 and fixed.extra_metrics()["offline_a"] == 0.5
