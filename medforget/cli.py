@@ -110,6 +110,10 @@ class _RunCLI(LightningCLI):
 class TrainCLI(_RunCLI):
     default_out = "runs/original"
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.link_arguments("data.channels", "model.image_channels")  # one flag: the data's and the encoder's
+
 
 class UnlearnCLI(_RunCLI):
     default_out = "runs/unlearned"
@@ -140,6 +144,7 @@ def _data_provenance(dm: DicomReportDataModule) -> dict[str, Any]:
         "val_fraction": dm.val_fraction,
         "test_fraction": dm.test_fraction,
         "image_size": dm.image_size,
+        "channels": dm.channels,
         "batch_size": dm.batch_size,
         "parts": dm.summary(),
     }
