@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,7 @@ Mode = Literal["train", "unlearn", "evaluate"]
 RETAIN_SAMPLE_MIN = 8  # patients in the retain sample scored for checkpoint selection (at least)
 MAX_LISTED = 50  # unreadable images named in an error message or log line (all are in the exception / attribute)
 PROBE_BATCH = 64
+PROGRESS_MIN_ITEMS = 200  # MONAI's caching progress bar for more images than this (on a terminal only)
 log = logging.getLogger(__name__)
 
 
@@ -276,9 +278,9 @@ class DicomReportDataModule(L.LightningDataModule):
         else:  # unreadable images are cached as marked items (a crash would abort the whole cache fill)
             transform = image_transforms(self.image_size, self.multiframe, on_error="mark", channels=self.channels)
             # MONAI's "Loading dataset" bar only on a terminal: in a log file it is hundreds of carriage returns
-            bar = len(items) > 200 and interactive()
-            if len(items) > 200 and not bar and self.cache_rate > 0:
-                log.info("decoding and caching %d images", len(items))
+            bar = len(items) > PROGRESS_MIN_ITEMS and interactive()
+            if len(items) > PROGRESS_MIN_ITEMS and not bar and self.cache_rate > 0:
+                print(f"decoding and caching {len(items)} images", file=sys.stderr, flush=True)  # one line, no bar
             dataset = CacheDataset(items, transform, cache_rate=self.cache_rate, num_workers=None, progress=bar)
         bad = self._unreadable_images(dataset, items)
         if bad:

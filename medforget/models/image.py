@@ -19,7 +19,6 @@ from torch import nn
 
 MONAI_PREFIX = "monai:"
 MONAI_DENSENETS = ("DenseNet121", "DenseNet169", "DenseNet201", "DenseNet264")
-RESNET_FAMILY = ("resnet", "resnext", "seresnet")
 HUB_PREFIXES = ("hf-hub:", "hf_hub:", "timm/", "http://", "https://")
 # torchvision's DenseNet keys (denselayer1.norm1.weight, or norm.1 in its published files) -> MONAI's
 # (denselayer1.layers.norm1.weight)
@@ -97,6 +96,13 @@ def _adapt_and_load(model: nn.Module, state: dict[str, torch.Tensor], first_conv
     model.load_state_dict(state)
 
 
+def _is_resnet(name: str) -> bool:
+    """A model of timm's ``resnet`` module (ResNet, ResNeXt, SE-ResNet, wide ResNet, ...): its width is a flag."""
+    from timm.models import model_entrypoint
+
+    return model_entrypoint(name).__module__.endswith(".resnet")
+
+
 def _timm_encoder(name: str, width: int | None, pretrained: Path | None, in_chans: int, **kwargs: Any) -> nn.Module:
     if name.startswith(HUB_PREFIXES):
         raise ValueError(f"--model.image_encoder {name!r} is a hub name: medforget never downloads weights; give "
@@ -104,7 +110,7 @@ def _timm_encoder(name: str, width: int | None, pretrained: Path | None, in_chan
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}; see timm.list_models() (or {MONAI_PREFIX}DenseNet121 for "
                          "MONAI's)")
-    resnet = name.startswith(RESNET_FAMILY)
+    resnet = _is_resnet(name)
     state = load_weights(pretrained) if pretrained is not None else None
     if state is not None and resnet:
         if "layer1.0.conv3.weight" in state:  # bottleneck: planes * 4 outputs
@@ -196,7 +202,7 @@ def encoder_width(encoder: nn.Module, name: str) -> int | None:
     for architectures whose width is fixed by their name."""
     if name.startswith(MONAI_PREFIX):
         return int(encoder.features.conv0.out_channels)
-    if name.startswith(RESNET_FAMILY):
+    if not name.startswith(MONAI_PREFIX) and _is_resnet(name):
         block = encoder.layer1[0]
         return int(block.conv3.out_channels) // 4 if hasattr(block, "conv3") else int(block.conv2.out_channels)
     return None
