@@ -282,3 +282,30 @@ def test_bundled_summary(capsys):
             f"{k}: {v}" for k, v in sorted(counts["outcome"].items())))
         for key in ("modality", "syntax", "photometric"):
             print(f"  decoded by {key}: " + ", ".join(f"{k} {v}" for k, v in counts[key].most_common()))
+
+
+# --- a manifest of colour and grayscale studies through the datamodule ------------------------------------------
+def test_mixed_manifest_through_the_datamodule(tmp_path):
+    """Colour studies (RGB, YBR JPEG, palette; pydicom's files) beside a grayscale one: channels 1 gives their
+    luminance, channels 3 the RGB planes, both resized to (C, 16, 16) batches; the cache holds each decoded once."""
+    import pandas as pd
+
+    from medforget.datamodules.dicom_report import DicomReportDataModule
+
+    names = ["SC_rgb_small_odd.dcm", "examples_ybr_color.dcm", "examples_palette.dcm", "CT_small.dcm"]
+    rows = []
+    for i, name in enumerate(names * 2):
+        rows.append({"patient_id": f"P{i}", "study_id": f"S{i}", "image_path": _bundled(name),
+                     "report": f"report {i}", "label": i % 4, "split": "train" if i < 6 else "val"})
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    batches = {}
+    for channels in (1, 3):
+        dm = DicomReportDataModule(str(manifest), image_size=16, batch_size=8, channels=channels)
+        dm.setup()
+        batches[channels] = next(iter(dm.part_dataloader("train")))["image"]
+        assert batches[channels].shape == (6, channels, 16, 16)
+    rgb = batches[3].permute(0, 2, 3, 1).double().numpy()  # (B, 16, 16, 3)
+    np.testing.assert_allclose(batches[1][:, 0].double().numpy(), _bt601(rgb), rtol=0, atol=1e-5)
+    assert not np.allclose(batches[3][0, 0], batches[3][0, 1])  # a colour study has distinct planes
+    np.testing.assert_array_equal(batches[3][3, 0], batches[3][3, 2])  # the CT study is repeated
