@@ -48,7 +48,11 @@ def load_classifier(path: str | Path) -> FusionClassifier:
     try:
         # A fresh context: when called while LightningCLI instantiates an UnlearningMethod, the CLI's
         # "given hyperparameters" context variable must not become this classifier's hparams.
-        model = contextvars.Context().run(FusionClassifier, **_public_hparams(ckpt["hyper_parameters"]))
+        # image_pretrained is not read again (the state dict holds the trained weights; the file may be gone):
+        # the architecture comes from the recorded width and channels
+        hparams = _public_hparams(ckpt["hyper_parameters"])
+        model = contextvars.Context().run(FusionClassifier, **{**hparams, "image_pretrained": None})
+        model.hparams.image_pretrained = hparams.get("image_pretrained")
     except TypeError as err:
         raise CheckpointError(f"{path}: hyper_parameters do not describe a FusionClassifier ({err})") from err
     model.on_load_checkpoint(ckpt)

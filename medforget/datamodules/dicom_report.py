@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from monai.data import CacheDataset, PersistentDataset
 from monai.data.utils import pickle_hashing
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from medforget.console import interactive
 from medforget.datamodules import keys
 from medforget.datamodules.manifest import load_manifest, manifest_hash
 from medforget.datamodules.splits import assign_splits, resolve_forget, selection_patients
@@ -27,6 +29,7 @@ Mode = Literal["train", "unlearn", "evaluate"]
 RETAIN_SAMPLE_MIN = 8  # patients in the retain sample scored for checkpoint selection (at least)
 MAX_LISTED = 50  # unreadable images named in an error message or log line (all are in the exception / attribute)
 PROBE_BATCH = 64
+PROGRESS_MIN_ITEMS = 200  # MONAI's caching progress bar for more images than this (on a terminal only)
 log = logging.getLogger(__name__)
 
 
@@ -129,7 +132,7 @@ def default_synthetic_manifest() -> Path:
 class DicomReportDataModule(L.LightningDataModule):
     """Images + reports from a manifest, split by patient.
 
-    Batches are dicts (see :mod:`medforget.datamodules.keys`): ``image`` (B, 1, H, W) in [0, 1], ``report`` (raw
+    Batches are dicts (see :mod:`medforget.datamodules.keys`): ``image`` (B, C, H, W) in [0, 1], ``report`` (raw
     text; the model's system tokenizes it with its own tokenizer), ``label``, ``patient_id``, ``study_id``, ``index``.
 
     Args:
@@ -140,6 +143,10 @@ class DicomReportDataModule(L.LightningDataModule):
         exclude_patients: Patient-ID file removed from the training split (the retrained reference).
         num_classes: Labels must lie in ``[0, num_classes)``.
         image_size: Images are resized to ``image_size x image_size``.
+        channels: Image channels ``C``: ``1`` (grayscale; colour images -- RGB, YBR, palette -- become their ITU-R
+            BT.601 luminance) or ``3`` (RGB; grayscale images are repeated in the three planes), for encoders that
+            take three channels (e.g. ImageNet weights). The model records it (``image_channels``) and refuses data
+            read with another value.
         batch_size: Batch size (retain / train / evaluation).
         forget_batch_size: Batch size of forget batches in ``unlearn`` mode (default: ``batch_size``).
         unlearn_epoch: What one ``unlearn``-mode epoch is: a pass over the ``retain`` patients (the forget loader
@@ -174,6 +181,7 @@ class DicomReportDataModule(L.LightningDataModule):
         exclude_patients: str | None = None,
         num_classes: int = 4,
         image_size: int = 64,
+        channels: Literal[1, 3] = 1,
         batch_size: int = 32,
         forget_batch_size: int | None = None,
         unlearn_epoch: Literal["retain", "forget"] = "retain",
@@ -199,6 +207,9 @@ class DicomReportDataModule(L.LightningDataModule):
         self.exclude_patients = exclude_patients
         self.num_classes = num_classes
         self.image_size = image_size
+        if channels not in (1, 3):
+            raise ValueError(f"data.channels must be 1 or 3, got {channels!r}")
+        self.channels = channels
         self.batch_size = batch_size
         self.forget_batch_size = forget_batch_size or batch_size
         if unlearn_epoch not in ("retain", "forget"):
@@ -272,15 +283,19 @@ class DicomReportDataModule(L.LightningDataModule):
             }
             for r in rows
         ]
+        transform = image_transforms(self.image_size, self.multiframe, channels=self.channels)
         if self.cache_dir is not None:
-            # hash_transform: the cache key covers image_size/multiframe (no stale images after a change); the item
-            # hash covers the file's size and mtime. Errors are raised, so only readable images are written.
-            dataset: Dataset = PersistentDataset(items, image_transforms(self.image_size, self.multiframe),
-                                                 cache_dir=self.cache_dir, hash_func=_file_state_hash,
-                                                 hash_transform=pickle_hashing)
+            # hash_transform: the cache key covers image_size/multiframe/channels (no stale images after a change);
+            # the item hash covers the file's size and mtime. Errors are raised, so only readable images are written.
+            dataset: Dataset = PersistentDataset(items, transform, cache_dir=self.cache_dir,
+                                                 hash_func=_file_state_hash, hash_transform=pickle_hashing)
         else:  # unreadable images are cached as marked items (a crash would abort the whole cache fill)
-            dataset = CacheDataset(items, image_transforms(self.image_size, self.multiframe, on_error="mark"),
-                                   cache_rate=self.cache_rate, num_workers=None, progress=len(items) > 200)
+            transform = image_transforms(self.image_size, self.multiframe, on_error="mark", channels=self.channels)
+            # MONAI's "Loading dataset" bar only on a terminal: in a log file it is hundreds of carriage returns
+            bar = len(items) > PROGRESS_MIN_ITEMS and interactive()
+            if len(items) > PROGRESS_MIN_ITEMS and not bar and self.cache_rate > 0:
+                print(f"decoding and caching {len(items)} images", file=sys.stderr, flush=True)  # one line, no bar
+            dataset = CacheDataset(items, transform, cache_rate=self.cache_rate, num_workers=None, progress=bar)
         bad = self._unreadable_images(dataset, items)
         if bad:
             paths = {str(items[p][keys.IMAGE]): message for p, message in bad.items()}

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from medforget.console import interactive
+
 CLASS_NAMES = ("none", "vascular congestion", "interstitial edema", "alveolar edema")
 NUM_CLASSES = len(CLASS_NAMES)
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -359,7 +361,8 @@ def generate_hospital(out: str | Path, config: SyntheticConfig | None = None, ov
         shutil.rmtree(work)
     rows = []
     n_digits = max(4, len(str(cfg.num_patients)))
-    for p in tqdm(range(cfg.num_patients), desc="synthetic hospital", unit="patient", leave=False):
+    for p in tqdm(range(cfg.num_patients), desc="synthetic hospital", unit="patient", leave=False,
+                  disable=not interactive()):
         patient_id = f"MF{p:0{n_digits}d}"
         prng = np.random.default_rng([cfg.seed, p])
         anatomy = _patient_anatomy(prng, cfg.image_size)

@@ -1,11 +1,16 @@
 """DICOM reading and MONAI dictionary transforms.
 
-:func:`read_dicom` turns a DICOM file into the image a radiologist sees, in ``[0, 1]``: Modality LUT (Rescale
-Slope/Intercept or Modality LUT Sequence), VOI LUT Sequence or window (Window Center/Width with the LINEAR,
-LINEAR_EXACT or SIGMOID VOI LUT Function), and MONOCHROME1 inversion. Compressed transfer syntaxes are decoded by
-pydicom's pixel-data handlers (Pillow, pylibjpeg, GDCM, pyjpegls, pydicom's own RLE decoder): when none is installed
-for a file's transfer syntax the error names the file and the packages to install. Every failure is a
-:class:`DicomError` naming the file and the failing element.
+:func:`read_dicom` turns a DICOM file into the image a radiologist sees, in ``[0, 1]``. Grayscale images: Modality LUT
+(Rescale Slope/Intercept or Modality LUT Sequence), VOI LUT Sequence or window (Window Center/Width with the LINEAR,
+LINEAR_EXACT or SIGMOID VOI LUT Function), and MONOCHROME1 inversion. Colour images (RGB, YBR_FULL, YBR_FULL_422,
+YBR_RCT/YBR_ICT, PALETTE COLOR): pydicom's colour conversion to RGB (``as_rgb``, ``convert_color_space``,
+``apply_color_lut``) scaled by the stored bit depth; with ``channels=1`` the luminance of ITU-R BT.601
+(``0.299 R + 0.587 G + 0.114 B``), with ``channels=3`` the RGB planes (grayscale images repeated three times).
+Compressed transfer syntaxes are decoded by pydicom's pixel-data handlers (pylibjpeg with its libjpeg, openjpeg and
+rle plugins and pyjpegls are installed with medforget; Pillow, GDCM and pydicom's own RLE decoder are used too): when
+none is installed for a file's transfer syntax the error names the file and the packages to install. A file without
+a File Meta header (no ``DICM`` prefix) is read as a bare data set (``force=True``) when one is there. Every failure
+is a :class:`DicomError` naming the file and the failing element.
 
 :class:`LoadDicomd` is the MONAI dictionary transform around it; :func:`image_transforms` is the deterministic pipeline
 that ``CacheDataset`` caches, so DICOM decoding is not repeated every epoch.
@@ -13,8 +18,10 @@ that ``CacheDataset`` caches, so DICOM decoding is not repeated every epoch.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import warnings
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -26,13 +33,17 @@ from monai.transforms import Compose, EnsureTyped, MapTransform, Resized
 from medforget.datamodules import keys
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")  # three samples per pixel
+PALETTE = "PALETTE COLOR"
+BT601 = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights of R, G, B
+CHANNELS = (1, 3)
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 PIP_NAMES = {"gdcm": "python-gdcm"}  # import name in pydicom's dependency list -> pip name
 MAX_REASON = 300  # characters of a handler's own error message kept in ours
 
 
 class DicomError(ValueError):
-    """A DICOM file could not be read or is not a usable single-channel image; the message names the file."""
+    """A DICOM file could not be read or holds no usable image; the message names the file."""
 
 
 def _short(err: BaseException) -> str:
@@ -222,38 +233,130 @@ def _display(arr: np.ndarray, ds: Any, path: Path) -> np.ndarray:
     return img
 
 
-def read_dicom(path: str | Path, multiframe: Literal["first", "error"] = "first") -> np.ndarray:
-    """Read a DICOM image as float32 ``(H, W)`` in ``[0, 1]`` (bright = dense), as displayed.
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luminance ``0.299 R + 0.587 G + 0.114 B`` of an ``(..., 3)`` RGB array (float64)."""
+    return rgb.astype(np.float64) @ np.asarray(BT601)
+
+
+def _read_dataset(path: Path) -> Any:
+    """``dcmread``; a file without a File Meta header is read as a bare data set (``force=True``) when it holds one."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path)
+    except FileNotFoundError as err:
+        raise DicomError(f"{path}: file not found") from err
+    except InvalidDicomError as err:  # no 'DICM' prefix: a bare data set (written without File Meta) or no DICOM
+        no_header = err
+    except Exception as err:  # EOFError, struct errors, ...: all mean "not readable"
+        raise DicomError(f"{path}: not a readable DICOM file ({_short(err)})") from err
+    try:
+        with warnings.catch_warnings():  # pydicom warns about every unknown VR of a file that is not DICOM
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True)
+            # a real data set starts with known elements; text, JSON or a shifted file parse into unknown tags
+            known = [elem.tag for elem in ds if elem.keyword]
+    except Exception as err:
+        raise DicomError(f"{path}: not a readable DICOM file ({_short(no_header)}; read without the header: "
+                         f"{_short(err)})") from err
+    if not known or ("SOPClassUID" not in ds and "PixelData" not in ds):
+        first = next(iter(ds.keys()), None)
+        raise DicomError(f"{path}: not a readable DICOM file: no File Meta header ('DICM' prefix) and no valid data "
+                         f"set when read without it (first element {first}, not a known DICOM element)")
+    return ds
+
+
+def _transfer_syntax(ds: Any) -> None:
+    """Give a data set read without a Transfer Syntax UID (no File Meta, or one without (0002,0010)) the syntax it
+    was parsed with, so that its uncompressed Pixel Data can be decoded."""
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None):
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None or little is None:
+        return
+    syntax = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    from pydicom.dataset import FileMetaDataset
+
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+
+
+def _decode(ds: Any, path: Path) -> tuple[np.ndarray, str]:
+    """The first frame, decoded, and its Photometric Interpretation after pydicom's YBR -> RGB conversion."""
+    from pydicom.pixels import get_decoder
+    from pydicom.pixels.processing import convert_color_space
+
+    quiet = logging.getLogger("pydicom")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # a failing plugin logs its traceback; our error names file and reason
+    try:
+        ts = ds.file_meta.TransferSyntaxUID
+        arr, meta = get_decoder(ts).as_array(ds, index=0, as_rgb=True)
+    except Exception as err:
+        raise _decode_error(path, ds, err) from err
+    finally:
+        quiet.setLevel(level)
+    photometric = str(meta.get("photometric_interpretation") or ds.PhotometricInterpretation).strip()
+    if arr.ndim == 3 and photometric in ("YBR_FULL", "YBR_FULL_422"):  # not converted by the decoder
+        arr = convert_color_space(arr, photometric, "RGB")
+        photometric = "RGB"
+    return arr, photometric
+
+
+def _colour(arr: np.ndarray, ds: Any, path: Path, photometric: str) -> np.ndarray:
+    """Decoded colour pixels -> RGB ``(H, W, 3)`` in ``[0, 1]`` (palette through its LUT, scaled by bit depth)."""
+    if photometric == PALETTE:
+        from pydicom.pixels import apply_color_lut
+
+        try:
+            rgb = apply_color_lut(arr, ds)
+            bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        except Exception as err:
+            raise DicomError(f"{path}: invalid palette colour lookup tables ({_short(err)})") from err
+        return rgb.astype(np.float64) / (2**bits - 1)
+    if photometric != "RGB" or arr.ndim != 3 or arr.shape[-1] != 3:
+        raise DicomError(f"{path}: PhotometricInterpretation={photometric!r} decoded to shape {arr.shape}; expected "
+                         "an RGB image (H, W, 3)")
+    bits = _int_element(ds, path, "BitsStored", 8)
+    return np.clip(arr.astype(np.float64) / (2**bits - 1), 0.0, 1.0)
+
+
+def read_dicom(path: str | Path, multiframe: Literal["first", "error"] = "first", channels: int = 1) -> np.ndarray:
+    """Read a DICOM image as float32 in ``[0, 1]`` (bright = dense), as displayed.
 
     Args:
         path: DICOM file.
         multiframe: ``"first"`` takes the first frame of a multi-frame image (only that frame is decoded);
             ``"error"`` rejects multi-frame images.
+        channels: ``1``: an ``(H, W)`` image; colour images (RGB, YBR, palette) give their ITU-R BT.601 luminance.
+            ``3``: ``(3, H, W)`` RGB planes; grayscale images are repeated in the three planes.
 
     Raises:
         DicomError: naming the file and the failing element (missing file, not DICOM, truncated or corrupt
             PixelData, missing pixel-data handler for a compressed transfer syntax and the package to install,
-            colour image, invalid Rows/NumberOfFrames/window/LUT elements, ...).
+            unsupported Photometric Interpretation, invalid Rows/NumberOfFrames/window/LUT elements, ...).
     """
-    import pydicom
-    from pydicom.pixels import pixel_array
-
+    if channels not in CHANNELS:
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-    except FileNotFoundError as err:
-        raise DicomError(f"{path}: file not found") from err
-    except Exception as err:  # InvalidDicomError, EOFError, struct errors, ...: all mean "not readable"
-        raise DicomError(f"{path}: not a readable DICOM file ({_short(err)})") from err
+    ds = _read_dataset(path)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DicomError(f"{path}: no PixelData element")
-    samples = _int_element(ds, path, "SamplesPerPixel", 1)
-    if samples != 1:
-        raise DicomError(f"{path}: SamplesPerPixel={samples}; only single-channel (grayscale) images are supported")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    if photometric not in GRAYSCALE:
-        raise DicomError(f"{path}: PhotometricInterpretation={photometric!r}; only grayscale {' or '.join(GRAYSCALE)} "
-                         "images are supported")
+    if not photometric:
+        raise DicomError(f"{path}: missing PhotometricInterpretation element (no Image Pixel module)")
+    samples = _int_element(ds, path, "SamplesPerPixel", 1)
+    wanted = 3 if photometric in COLOUR else 1
+    if photometric not in (*GRAYSCALE, *COLOUR, PALETTE):
+        raise DicomError(f"{path}: PhotometricInterpretation={photometric!r} is not supported (supported: "
+                         f"{', '.join((*GRAYSCALE, *COLOUR, PALETTE))})")
+    if samples != wanted:
+        raise DicomError(f"{path}: SamplesPerPixel={samples} does not match PhotometricInterpretation="
+                         f"{photometric!r} ({wanted} expected)")
     for keyword in ("Rows", "Columns"):
         if _int_element(ds, path, keyword) < 1:
             raise DicomError(f"{path}: {keyword}={ds.get(keyword)} (an image needs at least one)")
@@ -262,29 +365,33 @@ def read_dicom(path: str | Path, multiframe: Literal["first", "error"] = "first"
         raise DicomError(f"{path}: invalid NumberOfFrames {frames}")
     if frames > 1 and multiframe == "error":
         raise DicomError(f"{path}: NumberOfFrames={frames}; multi-frame images are rejected (multiframe='error')")
-    try:
-        arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
-    except Exception as err:
-        raise _decode_error(path, ds, err) from err
-    if arr.ndim != 2:
-        raise DicomError(f"{path}: expected a 2-D image, got shape {arr.shape}")
-    try:
-        img = _display(arr, ds, path)
-    except DicomError:
-        raise
-    except Exception as err:  # an unforeseen malformed element: still name the file
-        raise DicomError(f"{path}: cannot compute the displayed image ({_short(err)})") from err
-    return img.astype(np.float32)
+    _transfer_syntax(ds)
+    arr, decoded = _decode(ds, path)
+    if photometric in GRAYSCALE:
+        if arr.ndim != 2:
+            raise DicomError(f"{path}: expected a 2-D image, got shape {arr.shape}")
+        try:
+            img = _display(arr, ds, path)
+        except DicomError:
+            raise
+        except Exception as err:  # an unforeseen malformed element: still name the file
+            raise DicomError(f"{path}: cannot compute the displayed image ({_short(err)})") from err
+        out = img if channels == 1 else np.repeat(img[None], 3, axis=0)  # (H, W) or (3, H, W)
+    else:
+        rgb = _colour(arr, ds, path, decoded)  # (H, W, 3)
+        out = luminance(rgb) if channels == 1 else np.moveaxis(rgb, -1, 0)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 class LoadDicomd(MapTransform):
-    """MONAI dictionary transform: replace a DICOM path under ``keys`` by a ``(1, H, W)`` float32 array in [0, 1].
+    """MONAI dictionary transform: replace a DICOM path under ``keys`` by a ``(C, H, W)`` float32 array in [0, 1].
 
     Args:
         keys: Keys holding DICOM file paths.
         multiframe: See :func:`read_dicom`.
+        channels: ``C``, 1 (grayscale; colour images as BT.601 luminance) or 3 (RGB); see :func:`read_dicom`.
         on_error: ``"raise"`` raises the :class:`DicomError`; ``"mark"`` stores its message under
-            ``f"{key}_error"`` (:data:`medforget.datamodules.keys.IMAGE_ERROR` for ``image``) and a blank ``(1, 1, 1)``
+            ``f"{key}_error"`` (:data:`medforget.datamodules.keys.IMAGE_ERROR` for ``image``) and a blank ``(C, 1, 1)``
             image, so that a dataset can list every unreadable file at once instead of stopping at the first.
         allow_missing_keys: MONAI's usual flag.
     """
@@ -295,39 +402,48 @@ class LoadDicomd(MapTransform):
         multiframe: Literal["first", "error"] = "first",
         on_error: Literal["raise", "mark"] = "raise",
         allow_missing_keys: bool = False,
+        channels: int = 1,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if on_error not in ("raise", "mark"):
             raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
+        if channels not in CHANNELS:
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         self.multiframe = multiframe
         self.on_error = on_error
+        self.channels = channels
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
             try:
-                d[key] = read_dicom(str(d[key]), self.multiframe)[None]  # (1, H, W)
+                img = read_dicom(str(d[key]), self.multiframe, self.channels)
+                d[key] = img[None] if img.ndim == 2 else img  # (C, H, W)
             except DicomError as err:
                 if self.on_error == "raise":
                     raise
                 d[f"{key}_error"] = str(err)
-                d[key] = np.zeros((1, 1, 1), np.float32)
+                d[key] = np.zeros((self.channels, 1, 1), np.float32)
         return d
 
 
 def image_transforms(
-    image_size: int, multiframe: Literal["first", "error"] = "first", on_error: Literal["raise", "mark"] = "raise"
+    image_size: int,
+    multiframe: Literal["first", "error"] = "first",
+    on_error: Literal["raise", "mark"] = "raise",
+    channels: int = 1,
 ) -> Compose:
-    """Deterministic image pipeline: read + window + invert, resize to ``image_size``, plain float tensor.
+    """Deterministic image pipeline: read + window + invert (+ colour), resize to ``image_size``, plain float tensor.
 
     Args:
-        image_size: Output images are ``(1, image_size, image_size)``.
+        image_size: Output images are ``(channels, image_size, image_size)``.
         multiframe: See :func:`read_dicom`.
         on_error: See :class:`LoadDicomd` (``"mark"`` puts the error under :data:`keys.IMAGE_ERROR`).
+        channels: 1 or 3, see :func:`read_dicom`.
     """
     return Compose(
         [
-            LoadDicomd(keys.IMAGE, multiframe=multiframe, on_error=on_error),
+            LoadDicomd(keys.IMAGE, multiframe=multiframe, on_error=on_error, channels=channels),
             Resized(keys.IMAGE, spatial_size=(image_size, image_size), mode="area"),
             EnsureTyped(keys.IMAGE, track_meta=False),
         ]

@@ -186,7 +186,9 @@ def predict(model: FusionClassifier, loader, trainer: L.Trainer) -> dict[str, An
 
 
 def check_split(model: FusionClassifier, datamodule: DicomReportDataModule, path: str | Path) -> None:
-    """The datamodule must reproduce the training split the model was trained on."""
+    """The datamodule must reproduce the training split the model was trained on, and read images with the
+    channels it takes (``--data.channels``)."""
+    model.check_channels(getattr(datamodule, "channels", 1), path)
     expected = getattr(model, "provenance", {}).get("split_fingerprint")
     if expected is not None and expected != datamodule.split_fingerprint:
         data = model.provenance.get("data", {})

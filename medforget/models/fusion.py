@@ -126,6 +126,7 @@ def build_fusion_net(
     image_encoder: str = "resnet18",
     image_width: int | None = 16,
     image_pretrained: str | None = None,
+    image_channels: int = 1,
     text_encoder: str | None = None,
     vocab_size: int = 1024,
     text_hidden: int = 64,
@@ -144,7 +145,11 @@ def build_fusion_net(
         raise ValueError(f"modalities must be 'both', 'image' or 'text', got {modalities!r}")
     if fusion not in ("concat", "gated", "attention"):
         raise ValueError(f"unknown fusion {fusion!r}; choose concat, gated or attention")
-    image = create_image_encoder(image_encoder, image_width, image_pretrained) if modalities != "text" else None
+    if image_channels not in (1, 3):
+        raise ValueError(f"image_channels must be 1 or 3 (--data.channels), got {image_channels!r}")
+    image = None
+    if modalities != "text":
+        image = create_image_encoder(image_encoder, image_width, image_pretrained, in_chans=image_channels)
     text = None
     if modalities != "image":
         text = TextEncoder(text_encoder, vocab_size, text_hidden, text_layers, text_heads, max_length)

@@ -1,4 +1,4 @@
-"""Small class-conditional GAN for single-channel images (MultiGAN's synthetic retain / forget data)."""
+"""Small class-conditional GAN for 1- or 3-channel images (MultiGAN's synthetic retain / forget data)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ from torch import nn
 
 
 class ConditionalGenerator(nn.Module):
-    """``(z, class) -> image`` in ``[0, 1]``, shape ``(B, 1, S, S)``; ``S`` divisible by 4.
+    """``(z, class) -> image`` in ``[0, 1]``, shape ``(B, C, S, S)``; ``S`` divisible by 4.
 
     Args:
         num_classes: Number of classes.
         image_size: Output side ``S``.
         latent_dim: Dimension of ``z``.
         width: Channels of the first feature map.
+        channels: Image channels ``C``.
     """
 
-    def __init__(self, num_classes: int, image_size: int, latent_dim: int = 32, width: int = 32) -> None:
+    def __init__(self, num_classes: int, image_size: int, latent_dim: int = 32, width: int = 32,
+                 channels: int = 1) -> None:
         super().__init__()
         if image_size % 4:
             raise ValueError(f"image_size must be divisible by 4, got {image_size}")
@@ -28,7 +30,7 @@ class ConditionalGenerator(nn.Module):
         self.net = nn.Sequential(
             nn.BatchNorm2d(width), nn.ReLU(),
             nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.BatchNorm2d(width // 2), nn.ReLU(),
-            nn.ConvTranspose2d(width // 2, 1, 4, 2, 1), nn.Sigmoid(),
+            nn.ConvTranspose2d(width // 2, channels, 4, 2, 1), nn.Sigmoid(),
         )
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -43,10 +45,10 @@ class ConditionalGenerator(nn.Module):
 class ConditionalDiscriminator(nn.Module):
     """Projection discriminator (Miyato & Koyama, 2018): ``(image, class) -> real/fake logit``."""
 
-    def __init__(self, num_classes: int, width: int = 32) -> None:
+    def __init__(self, num_classes: int, width: int = 32, channels: int = 1) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, width // 2, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, width // 2, 4, 2, 1), nn.LeakyReLU(0.2),
             nn.Conv2d(width // 2, width, 4, 2, 1), nn.LeakyReLU(0.2),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
@@ -69,13 +71,13 @@ def fit_conditional_gan(
     width: int = 32,
     seed: int = 0,
 ) -> ConditionalGenerator:
-    """Train a :class:`ConditionalGenerator` on ``images`` ``(N, 1, S, S)`` in ``[0, 1]`` with labels ``(N,)``
+    """Train a :class:`ConditionalGenerator` on ``images`` ``(N, C, S, S)`` in ``[0, 1]`` with labels ``(N,)``
     (non-saturating GAN loss, Adam(0.5, 0.999)); returns the generator in eval mode."""
     device = images.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        gen = ConditionalGenerator(num_classes, images.shape[-1], latent_dim, width).to(device)
-        disc = ConditionalDiscriminator(num_classes, width).to(device)
+        gen = ConditionalGenerator(num_classes, images.shape[-1], latent_dim, width, images.shape[1]).to(device)
+        disc = ConditionalDiscriminator(num_classes, width, images.shape[1]).to(device)
         opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
         with torch.enable_grad():

@@ -170,20 +170,6 @@ def test_no_pixel_data(mono2):
     assert str(mono2) in str(info.value)
 
 
-def test_colour_image_is_rejected(mono2):
-    ds = pydicom.dcmread(mono2)
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "RGB"
-    ds.PlanarConfiguration = 0
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelData = np.zeros((H, W, 3), np.uint8).tobytes()
-    ds.save_as(mono2)
-    with pytest.raises(DicomError, match="SamplesPerPixel=3") as info:
-        read_dicom(mono2)
-    assert str(mono2) in str(info.value)
-
-
 @pytest.fixture()
 def two_frames(tmp_path, image) -> tuple[Path, Path]:
     """A 2-frame file whose frame 0 is ``image``, and the single-frame file of ``image``."""
@@ -304,22 +290,19 @@ def test_bundled_jpeg2000_ct_rescale_and_window():
     assert 0.0 < (out == 0.0).mean() < 1.0 and 0.0 < (out == 1.0).mean() < 1.0  # the narrow window clips both ends
 
 
-@pytest.mark.parametrize("name", ["JPEG-lossy.dcm", "JPGExtended.dcm", "JPEG2000.dcm"])
+@pytest.mark.parametrize("name", ["JPGExtended.dcm", "JPEG2000.dcm"])
 def test_bundled_lossy_and_12_bit_jpeg(name):
-    """12-bit JPEG Extended (Pillow cannot decode it: pylibjpeg-libjpeg or GDCM can) and JPEG 2000."""
+    """12-bit JPEG Extended (Pillow cannot decode it: pylibjpeg-libjpeg, a default dependency, can) and JPEG 2000
+    (pylibjpeg-openjpeg). JPEG-lossy.dcm, the broken original of JPGExtended.dcm, is among the corrupt files of
+    test_dicom_colour.py."""
     path = _bundled(name)
-    try:
-        out = read_dicom(path)
-    except DicomError as err:
-        message = str(err)
-        assert message.startswith(f"{path}: ")
-        assert "`pip install " in message
-        assert ("pylibjpeg-libjpeg" in message or "pylibjpeg-openjpeg" in message) and "python-gdcm" in message
-        return
+    out = read_dicom(path)
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     assert out.shape == (ds.Rows, ds.Columns)
     assert out.min() == 0.0 and out.max() == 1.0  # no window tags: min-max
     assert np.isfinite(out).all()
+    frame = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    np.testing.assert_allclose(out, (frame - frame.min()) / (frame.max() - frame.min()), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["rtdose.dcm", "rtdose_rle.dcm"])
@@ -341,10 +324,8 @@ def test_bundled_multiframe(name):
     [
         ("MR_truncated.dcm", "PixelData is corrupt or truncated"),
         ("badVR.dcm", "invalid NumberOfFrames '1A'"),
-        ("no_meta.dcm", "not a readable DICOM file"),
+        ("no_meta.dcm", "not a readable DICOM file: no File Meta header"),
         ("rtplan_truncated.dcm", "no PixelData element"),
-        ("examples_palette.dcm", "PhotometricInterpretation='PALETTE COLOR'"),
-        ("SC_rgb_rle.dcm", "SamplesPerPixel=3"),
     ],
 )
 def test_bundled_bad_files_name_the_file_and_element(name, fragment):
@@ -571,13 +552,6 @@ def test_invalid_number_of_frames_is_named(tmp_path):
     ds.NumberOfFrames = 0
     ds.save_as(path)
     with pytest.raises(DicomError, match="NumberOfFrames") as info:
-        read_dicom(path)
-    assert str(path) in str(info.value)
-
-
-def test_palette_colour_is_rejected(tmp_path):
-    path = _custom(tmp_path / "palette.dcm", STORED, photometric="PALETTE COLOR")
-    with pytest.raises(DicomError, match="PhotometricInterpretation='PALETTE COLOR'") as info:
         read_dicom(path)
     assert str(path) in str(info.value)
 

@@ -171,5 +171,7 @@ def test_create_image_encoder_default_width():
 
 
 def test_create_image_encoder_missing_pretrained_file(tmp_path):
-    with pytest.raises(FileNotFoundError):  # timm logs the path; nothing is downloaded
-        create_image_encoder("resnet18", width=8, pretrained=str(tmp_path / "missing.safetensors"))
+    missing = tmp_path / "missing.safetensors"
+    with pytest.raises(ValueError, match="weights file not found") as info:  # nothing is downloaded
+        create_image_encoder("resnet18", width=8, pretrained=str(missing))
+    assert str(missing) in str(info.value)

@@ -30,3 +30,12 @@ def test_fit_is_seeded_and_learns_the_class_conditional_mean():
     assert torch.equal(out, again(z, y)), "same seed, same generator"
     assert out[8:].mean() > out[:8].mean() + 0.3
     assert not any(p.requires_grad for p in gen.parameters())
+
+
+def test_three_channel_images():
+    """A 3-channel classifier (--data.channels 3) gets 3-channel synthetic images."""
+    images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1] * 4)
+    gen = fit_conditional_gan(images, labels, num_classes=2, steps=2, width=8, latent_dim=4)
+    assert gen.sample(labels).shape == (8, 3, 16, 16)
+    assert ConditionalDiscriminator(2, 8, channels=3)(images, labels).shape == (8,)
