@@ -12,6 +12,7 @@ import torch
 from medforget.llm.methods.base import mean_nll
 from medforget.llm.methods.losses import _SelectThenFineTune
 from medforget.llm.methods.saliency import accumulate_gradients, top_fraction_mask
+from medforget.llm.system import LoRA
 
 
 class GRIN(_SelectThenFineTune):
@@ -40,6 +41,7 @@ class GRIN(_SelectThenFineTune):
         retain_batches: Retain batches the retain gradient is accumulated over.
         mask_updates: Fine-tune the selected weights only (the others, norms included, stay exactly as they were).
         seed: Seed of the noise.
+        lora: LoRA adapters only (see :class:`~medforget.llm.methods.base.LMUnlearningMethod`).
     """
 
     def __init__(
@@ -59,9 +61,10 @@ class GRIN(_SelectThenFineTune):
         retain_batches: int = 8,
         mask_updates: bool = False,
         seed: int = 0,
+        lora: LoRA | None = None,
     ) -> None:
         self.check_selection_args(then, fraction)
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss)
+        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
         self.selection: dict[str, torch.Tensor] = {}
 
     @property
