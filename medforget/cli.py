@@ -285,11 +285,12 @@ def check_lm_data(provenance: dict[str, Any], datamodule: Any, path: str, forget
     if trained.get("forget_fingerprint") != datamodule.forget_fingerprint:
         how = ("a forget request of patient IDs" if trained.get("forget_by") == "patient_ids" else
                "a forget fraction" if trained.get("forget_by") == "fraction" else "a forget set of unrecorded identity")
+        given = ("--forget FILE" if trained.get("forget_by") == "patient_ids" else
+                 f"--data.forget_fraction {trained['forget_fraction']}" if "forget_fraction" in trained else "it")
         raise ValueError(f"{path} was {'unlearned from' if unlearned else 'trained without'} another forget set "
-                         f"({how}, {trained.get('forget_patients', '?')} patients) than the one audited here "
+                         f"({how}, {trained.get('forget_patients', '?')} patients) than the one given here "
                          f"({'--forget' if datamodule.forget else '--data.forget_fraction'}, "
-                         f"{len(datamodule.parts['forget'])} patients); pass the request it was given "
-                         f"(--forget FILE)")
+                         f"{len(datamodule.parts['forget'])} patients); pass the same forget set ({given})")
 
 
 def _method_args(args: list[str] | None, default: str) -> list[str]:

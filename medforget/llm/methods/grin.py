@@ -23,7 +23,10 @@ class GRIN(_SelectThenFineTune):
     original weights; every weight matrix entry (parameters with two or more dimensions: embeddings, attention and
     MLP weights, not the norms) is scored ``|grad L_f| / (|grad L_r| + eps)``, the top ``fraction`` of all of them
     (one global ranking) is selected, and each selected entry gets Gaussian noise of standard deviation
-    ``noise_std * std(its tensor)``. The selection is kept in ``self.selection``.
+    ``noise_std * std(its tensor)``. The selection is kept in ``self.selection``. With ``lora`` the scored weights are
+    the adapters': their ``lora_B`` starts at zero (so the forget gradient of ``lora_A`` is zero too), the selection
+    falls on ``lora_B`` entries and the noise, relative to a zero tensor's spread, is zero: GRIN then amounts to its
+    fine-tuning step on the adapters.
 
     Args:
         ckpt: Checkpoint of the trained language model (only read).

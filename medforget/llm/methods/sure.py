@@ -24,7 +24,8 @@ class SURE(_SelectThenFineTune):
     forget NLL's gradient over its row (and bias), accumulated over all forget examples at the original weights,
     before the first step (once per run; a resumed run keeps its masks). The top ``fraction`` of neurons (one global
     ranking) train; every other weight, norms included, stays exactly at its original value (a hard mask: AdamW's
-    weight decay too). The row masks are ``self.update_masks``.
+    weight decay too). The row masks are ``self.update_masks``. With ``lora`` the units are the adapters' rows; as
+    ``lora_B`` starts at zero, only its rows (output neurons of the adapted layers) have a non-zero saliency.
 
     Args:
         ckpt: Checkpoint of the trained language model (only read).
