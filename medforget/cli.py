@@ -43,7 +43,8 @@ VERBS = {
     "demo": "synth -> train -> retrain -> unlearn -> evaluate (the audit) on the synthetic hospital, with timings",
     "train-lm": "fit a clinical-notes language model (the original, or the retain-only reference with "
                 "--data.exclude_forget true)",
-    "unlearn-lm": "remove the forget patients from a clinical-notes language model (--method, --ckpt)",
+    "unlearn-lm": "remove the patients of a forget request from a clinical-notes language model (--method, --ckpt, "
+                  "--forget)",
     "evaluate-lm": "the language-model audit: original / unlearned / retain-only models on TOFU metrics, identifier "
                    "extraction, membership attacks and the quantization attack (lm_audit.json, .md, .html)",
 }
@@ -188,14 +189,54 @@ def train(args: list[str] | None = None) -> Path:
     return target
 
 
-class TrainLMCLI(_RunCLI):
+class _LMRunCLI(_RunCLI):
+    """The language-model verbs' extra flag: ``--export_hf DIR``, a Hugging Face copy of the exported model."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--export_hf", type=str | None, default=None,
+                            help="Also write the exported model (LoRA adapters merged) as a save_pretrained model + "
+                                 "tokenizer directory that transformers' Auto classes load offline (replaced only "
+                                 "with --overwrite true).")
+
+    def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
+        target = self.config.get("export_hf")
+        if target and Path(target).exists() and not self.config.overwrite:
+            raise FileExistsError(f"{target} exists; pass --overwrite true to replace it (or choose another "
+                                  "--export_hf)")
+
+
+def _export_lm(cli: LightningCLI, model: Any, provenance: dict[str, Any]) -> Path:
+    """``<out>/model.ckpt`` and, with ``--export_hf DIR``, the Hugging Face directory (both merged, on rank 0)."""
+    from medforget.llm.system import export_hf, export_lm
+
+    if model.lora is not None:
+        provenance = {**provenance, "lora": {**model.lora.as_dict(), "merged": True}}
+    target = export_lm(model, Path(cli.config.out) / "model.ckpt", overwrite=True, provenance=provenance)
+    if cli.config.get("export_hf"):
+        export_hf(model, cli.config.export_hf, overwrite=bool(cli.config.overwrite), provenance=provenance)
+        log.info("wrote %s (Hugging Face save_pretrained directory)", cli.config.export_hf)
+    return target
+
+
+def _lm_data_provenance(dm: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The datamodule's settings (or ``base``: the original model's) without the request's file name, and the forget
+    set (:meth:`~medforget.datamodules.lm.ClinicalNotesDataModule.forget_provenance`)."""
+    if base is None:  # a training run: its own settings
+        base = {k: v for k, v in dm.hparams.items() if k not in ("num_workers", "mode", "forget_fraction")}
+    return {**{k: v for k, v in base.items() if k != "forget"}, **dm.forget_provenance()}
+
+
+class TrainLMCLI(_LMRunCLI):
     default_out = "runs/lm"
 
 
 def train_lm(args: list[str] | None = None) -> Path:
-    """``medforget train-lm``: fit a :class:`~medforget.llm.system.ClinicalLM` and export ``<out>/model.ckpt``."""
+    """``medforget train-lm``: fit a :class:`~medforget.llm.system.ClinicalLM` and export ``<out>/model.ckpt``
+    (and, with ``--export_hf DIR``, a Hugging Face directory)."""
     from medforget.datamodules.lm import ClinicalNotesDataModule
-    from medforget.llm.system import ClinicalLM, export_lm
+    from medforget.llm.system import ClinicalLM
 
     _quiet_lightning()
     cli = TrainLMCLI(
@@ -209,10 +250,10 @@ def train_lm(args: list[str] | None = None) -> Path:
     target = Path(cli.config.out) / "model.ckpt"
     if cli.trainer.is_global_zero:
         dm = cli.datamodule
-        export_lm(cli.model, target, overwrite=True, provenance={
+        _export_lm(cli, cli.model, provenance={
             "kind": "retain-only" if dm.exclude_forget else "original",
             "medforget_version": medforget.__version__,
-            "data": {k: v for k, v in dm.hparams.items() if k not in ("num_workers", "mode")},
+            "data": _lm_data_provenance(dm),
             "parts": dm.summary(),
             "epochs": cli.trainer.current_epoch,
             "fit_seconds": seconds,
@@ -220,13 +261,17 @@ def train_lm(args: list[str] | None = None) -> Path:
     return target
 
 
-class UnlearnLMCLI(_RunCLI):
+class UnlearnLMCLI(_LMRunCLI):
     default_out = "runs/lm_unlearned"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_argument("--ckpt", type=str, help="Trained language-model checkpoint (never modified).")
+        parser.add_argument("--forget", type=str | None, default=None,
+                            help="Forget request: a file with one patient ID per line (as for unlearn); without it, "
+                                 "--data.forget_fraction of the patients (default 0.05).")
         parser.link_arguments("ckpt", "model.init_args.ckpt")
+        parser.link_arguments("forget", "data.forget")
         parser.set_defaults({"data.mode": "unlearn", "trainer.max_epochs": 5, "trainer.check_val_every_n_epoch": 1})
 
     def before_instantiate_classes(self) -> None:
@@ -240,13 +285,29 @@ class UnlearnLMCLI(_RunCLI):
 LM_DATA_IDENTITY = ("corpus", "num_patients", "corpus_seed", "split_seed", "holdout_fraction")
 
 
-def check_lm_data(provenance: dict[str, Any], datamodule: Any, path: str) -> None:
-    """Refuse to unlearn or evaluate with a corpus or split other than the one the model was trained on."""
+def check_lm_data(provenance: dict[str, Any], datamodule: Any, path: str, forget_set: bool = True) -> None:
+    """Refuse to unlearn or evaluate with a corpus or split other than the one the model was trained on; with
+    ``forget_set``, also an unlearned or retain-only model whose forget set differs from the datamodule's when
+    either was given as a patient-ID request (fraction-based forget sets are nested and checked by their fraction)."""
     trained = provenance.get("data", {})
     for key in LM_DATA_IDENTITY:
         if key in trained and trained[key] != getattr(datamodule, key):
             raise ValueError(f"--data.{key}={getattr(datamodule, key)!r} differs from the value the model in {path} "
                              f"was trained with ({trained[key]!r}); pass the training run's data settings")
+    unlearned = provenance.get("kind") == "unlearned"
+    if not forget_set or not (unlearned or trained.get("exclude_forget")):
+        return
+    if datamodule.forget is None and trained.get("forget_by") != "patient_ids":
+        return
+    if trained.get("forget_fingerprint") != datamodule.forget_fingerprint:
+        how = ("a forget request of patient IDs" if trained.get("forget_by") == "patient_ids" else
+               "a forget fraction" if trained.get("forget_by") == "fraction" else "a forget set of unrecorded identity")
+        given = ("--forget FILE" if trained.get("forget_by") == "patient_ids" else
+                 f"--data.forget_fraction {trained['forget_fraction']}" if "forget_fraction" in trained else "it")
+        raise ValueError(f"{path} was {'unlearned from' if unlearned else 'trained without'} another forget set "
+                         f"({how}, {trained.get('forget_patients', '?')} patients) than the one given here "
+                         f"({'--forget' if datamodule.forget else '--data.forget_fraction'}, "
+                         f"{len(datamodule.parts['forget'])} patients); pass the same forget set ({given})")
 
 
 def _method_args(args: list[str] | None, default: str) -> list[str]:
@@ -265,7 +326,6 @@ def unlearn_lm(args: list[str] | None = None) -> Path:
     import medforget.llm.methods  # noqa: F401  (registers the methods)
     from medforget.datamodules.lm import ClinicalNotesDataModule
     from medforget.llm.methods.base import LMUnlearningMethod
-    from medforget.llm.system import export_lm
 
     _quiet_lightning()
     cli = UnlearnLMCLI(
@@ -276,7 +336,8 @@ def unlearn_lm(args: list[str] | None = None) -> Path:
     )
     method: LMUnlearningMethod = cli.model
     original = getattr(method.lm, "provenance", {})
-    check_lm_data(original, cli.datamodule, cli.config.ckpt)
+    cli.datamodule.setup("fit")  # a bad forget request fails here, before any training
+    check_lm_data(original, cli.datamodule, cli.config.ckpt, forget_set=False)
     target = Path(cli.config.out) / "model.ckpt"
     if Path(cli.config.ckpt).resolve() == target.resolve():
         raise FileExistsError(f"refusing to overwrite the input checkpoint {cli.config.ckpt} (choose another --out)")
@@ -285,13 +346,13 @@ def unlearn_lm(args: list[str] | None = None) -> Path:
     seconds = time.perf_counter() - start
     if cli.trainer.is_global_zero:
         dm = cli.datamodule
-        export_lm(method.lm, target, overwrite=True, provenance={
+        _export_lm(cli, method.lm, provenance={
             "kind": "unlearned",
             "method": type(method).__name__,
             "method_hparams": {k: v for k, v in method.hparams.items() if not k.startswith("_")},
             "medforget_version": medforget.__version__,
             "source_checkpoint_kind": original.get("kind"),
-            "data": {**original.get("data", {}), "forget_fraction": dm.forget_fraction},
+            "data": _lm_data_provenance(dm, original.get("data", {})),
             "parts": dm.summary(),
             "epochs": cli.trainer.current_epoch,
             "unlearn_seconds": seconds,
@@ -468,6 +529,9 @@ def evaluate_lm(args: list[str] | None = None) -> dict[str, Any]:
                        ("unlearned", "the unlearned language model"),
                        ("retain", "the retain-only model (trained with --data.exclude_forget true; the target)")):
         parser.add_argument(f"--{name}", type=str | None, default=None, help=f"Checkpoint of {what}.")
+    parser.add_argument("--forget", type=str | None, default=None,
+                        help="The forget request of patient IDs the unlearned model was given (unlearn-lm --forget); "
+                             "without it, the forget fraction it was given.")
     parser.add_argument("--out", type=str, default="runs/lm_evaluation",
                         help="Output directory: lm_audit.json, lm_audit.md, lm_audit.html, plots/.")
     parser.add_argument("--salt_file", type=str | None, default=None,
@@ -486,12 +550,21 @@ def evaluate_lm(args: list[str] | None = None) -> dict[str, Any]:
         return read_checkpoint(path).get("medforget_lm", {}).get("provenance", {}).get("data", {})
 
     fields = {k for k in cfg.data.keys()}
-    defaults = {f"data.{k}": v for k, v in trained_with(cfg.original).items() if k in fields}
-    unlearned_fraction = trained_with(cfg.unlearned).get("forget_fraction")
-    if unlearned_fraction is not None:
-        defaults["data.forget_fraction"] = unlearned_fraction
+    original, unlearned = trained_with(cfg.original), trained_with(cfg.unlearned)
+    defaults = {f"data.{k}": v for k, v in original.items() if k in fields and k not in ("forget", "forget_fraction")}
+    if cfg.forget and cfg.data.forget and cfg.forget != cfg.data.forget:
+        raise ValueError("give the forget request once: --forget or --data.forget")
+    if not (cfg.forget or cfg.data.forget):  # a fraction-based forget set: the unlearned model's (else the original's)
+        if unlearned.get("forget_by") == "patient_ids":
+            raise ValueError(f"the unlearned model {cfg.unlearned} was given a forget request of patient IDs: pass "
+                             "the same request with --forget FILE")
+        fraction = unlearned.get("forget_fraction", original.get("forget_fraction"))
+        if fraction is not None:
+            defaults["data.forget_fraction"] = fraction
     parser.set_defaults(defaults)
     cfg = parser.parse_args(args)
+    if cfg.forget:
+        cfg.data.forget = cfg.forget
     init = parser.instantiate_classes(cfg)
     recorded = {k: v for k, v in json.loads(parser.dump(cfg, format="json")).items()
                 if k not in ("salt_file", "config")}

@@ -5,10 +5,16 @@ Examples are plain text; the language-model system tokenizes them with its own t
 ``{"prompt": str, "text": str, "patient": int}``: ``text`` is what the model learns, the first ``prompt`` characters of
 it are context only (no loss): empty for notes, ``"Question: ...\\nAnswer:"`` for question-answer pairs.
 ``patient`` is an integer code (no identifier leaves the datamodule).
+
+The forget set is either a fraction of the patients (``forget_fraction``: nested 1% ⊂ 5% ⊂ 10% sets, the benchmark's
+TOFU-style requests) or a forget request of patient IDs (``forget``: a file with one ID per line, exactly as the
+classifier's ``--forget``). The request takes precedence: ``forget_fraction`` is then left unset (or must equal the
+request's share of the patients). Holdout patients are the same in both cases.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 import lightning as L
@@ -22,9 +28,11 @@ from medforget.datamodules.notes import (
     generate_corpus,
     read_corpus,
     split_patients,
+    split_patients_by_request,
 )
 
 PARTS = ("forget", "retain", "holdout")
+DEFAULT_FORGET_FRACTION = 0.05
 
 
 def qa_prompt(question: str) -> str:
@@ -50,7 +58,11 @@ class ClinicalNotesDataModule(L.LightningDataModule):
             one from ``num_patients`` and ``corpus_seed``.
         num_patients: Patients of the generated corpus.
         corpus_seed: Seed of the generated corpus.
-        forget_fraction: Share of patients in the forget set (1%, 5%, 10% are the standard sizes).
+        forget_fraction: Share of patients in the forget set (1%, 5%, 10% are the standard sizes); default 5%
+            without ``forget``. With ``forget`` leave it unset (or give the request's exact share).
+        forget: Forget request: a file with one patient ID per line (``#`` comments allowed), as for the
+            classifier. Takes precedence over ``forget_fraction``; unknown IDs and holdout patients are errors that
+            name the entry's position, never the ID.
         holdout_fraction: Share of patients never trained on (the "never seen" reference).
         split_seed: Seed of the forget / holdout draw.
         exclude_forget: Train on the retain patients only (the retain-only reference model).
@@ -69,7 +81,8 @@ class ClinicalNotesDataModule(L.LightningDataModule):
         corpus: str | None = None,
         num_patients: int = 200,
         corpus_seed: int = 0,
-        forget_fraction: float = 0.05,
+        forget_fraction: float | None = None,
+        forget: str | None = None,
         holdout_fraction: float = 0.1,
         split_seed: int = 0,
         exclude_forget: bool = False,
@@ -91,7 +104,8 @@ class ClinicalNotesDataModule(L.LightningDataModule):
         self.corpus = corpus
         self.num_patients = num_patients
         self.corpus_seed = corpus_seed
-        self.forget_fraction = forget_fraction
+        self.requested_fraction = forget_fraction
+        self.forget = forget
         self.holdout_fraction = holdout_fraction
         self.split_seed = split_seed
         self.exclude_forget = exclude_forget
@@ -106,10 +120,42 @@ class ClinicalNotesDataModule(L.LightningDataModule):
         if self.records:
             return
         records = read_corpus(self.corpus) if self.corpus else generate_corpus(self.num_patients, self.corpus_seed)
-        splits = split_patients(records, self.forget_fraction, self.holdout_fraction, self.split_seed)
+        if self.forget is None:
+            fraction = DEFAULT_FORGET_FRACTION if self.requested_fraction is None else self.requested_fraction
+            splits = split_patients(records, fraction, self.holdout_fraction, self.split_seed)
+        else:
+            splits = split_patients_by_request(records, self.forget, self.holdout_fraction, self.split_seed)
+            share = len(splits["forget"]) / len(records)
+            if self.requested_fraction is not None and abs(self.requested_fraction - share) > 1e-9:
+                raise ValueError(f"data.forget_fraction={self.requested_fraction} contradicts the forget request "
+                                 f"{self.forget}, which names {len(splits['forget'])} of the {len(records)} patients "
+                                 f"({share:.4g}); the request takes precedence: leave data.forget_fraction unset")
         position = {r.patient_id: i for i, r in enumerate(records)}
         self.parts = {name: sorted(position[p] for p in splits[name]) for name in PARTS}
         self.records = records
+
+    @property
+    def forget_fraction(self) -> float:
+        """The forget set's share of the patients (with a patient-ID request: its actual share)."""
+        if self.forget is None:
+            return DEFAULT_FORGET_FRACTION if self.requested_fraction is None else self.requested_fraction
+        self.setup()
+        return len(self.parts["forget"]) / len(self.records)
+
+    @property
+    def forget_fingerprint(self) -> str:
+        """SHA-256 of the sorted forget patient IDs: two runs with the same fingerprint forgot the same patients
+        (the split digest of :func:`medforget.llm.audit.corpus_identity` is of the same kind)."""
+        self.setup()
+        ids = sorted(self.records[p].patient_id for p in self.parts["forget"])
+        return hashlib.sha256(("medforget.lm.forget\n" + "\n".join(ids)).encode()).hexdigest()
+
+    def forget_provenance(self) -> dict[str, Any]:
+        """What a checkpoint records of its forget set: how it was given, its share and size, its fingerprint (no
+        patient ID, no file name: request files are often named after patients)."""
+        return {"forget_by": "fraction" if self.forget is None else "patient_ids",
+                "forget_fraction": self.forget_fraction, "forget_patients": len(self.parts["forget"]),
+                "forget_fingerprint": self.forget_fingerprint}
 
     # --- examples -----------------------------------------------------------------------------------------------
     def trained_patients(self) -> list[int]:

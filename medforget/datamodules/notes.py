@@ -233,6 +233,20 @@ def _fields(record: PatientRecord) -> dict:
     return {k: getattr(record, k) for k in record.__dataclass_fields__}
 
 
+def _patient_order(records: list[PatientRecord], seed: int) -> list[str]:
+    """The seeded permutation of the patient IDs that every split of the corpus is cut from."""
+    ids = sorted(r.patient_id for r in records)
+    if len(set(ids)) != len(ids):
+        raise ValueError("the corpus has duplicate patient_id values")
+    return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+
+
+def _holdout_size(n_patients: int, holdout_fraction: float) -> int:
+    if not 0 <= holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    return int(round(holdout_fraction * n_patients))
+
+
 def split_patients(records: list[PatientRecord], forget_fraction: float = 0.05, holdout_fraction: float = 0.1,
                    seed: int = 0) -> dict[str, list[str]]:
     """Patient IDs of the ``forget``, ``retain`` and ``holdout`` parts.
@@ -246,18 +260,45 @@ def split_patients(records: list[PatientRecord], forget_fraction: float = 0.05, 
     if not 0 <= holdout_fraction < 1 or forget_fraction + holdout_fraction >= 1:
         raise ValueError(f"need 0 <= holdout_fraction and forget_fraction + holdout_fraction < 1, got "
                          f"{forget_fraction} + {holdout_fraction}")
-    ids = sorted(r.patient_id for r in records)
-    if len(set(ids)) != len(ids):
-        raise ValueError("the corpus has duplicate patient_id values")
-    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    n_forget = max(1, int(round(forget_fraction * len(ids))))
-    n_holdout = int(round(holdout_fraction * len(ids)))
-    if n_forget + n_holdout >= len(ids):
-        raise ValueError(f"{len(ids)} patients are too few for {n_forget} forget + {n_holdout} holdout patients "
+    order = _patient_order(records, seed)
+    n_forget = max(1, int(round(forget_fraction * len(order))))
+    n_holdout = _holdout_size(len(order), holdout_fraction)
+    if n_forget + n_holdout >= len(order):
+        raise ValueError(f"{len(order)} patients are too few for {n_forget} forget + {n_holdout} holdout patients "
                          "and a retain set")
     forget = order[:n_forget]
-    holdout = order[len(ids) - n_holdout:]
-    retain = order[n_forget: len(ids) - n_holdout]
+    holdout = order[len(order) - n_holdout:]
+    retain = order[n_forget: len(order) - n_holdout]
+    return {"forget": sorted(forget), "retain": sorted(retain), "holdout": sorted(holdout)}
+
+
+def split_patients_by_request(records: list[PatientRecord], request: str | Path | list[str],
+                              holdout_fraction: float = 0.1, seed: int = 0) -> dict[str, list[str]]:
+    """Patient IDs of the ``forget``, ``retain`` and ``holdout`` parts for a forget request of patient IDs (a file,
+    one ID per line, as for the classifier, or a list).
+
+    The holdout patients are those of :func:`split_patients` for the same ``holdout_fraction`` and ``seed`` (so a
+    model trained on every non-holdout patient serves any request); the forget part is the request, the retain part
+    every other patient.
+
+    Raises:
+        ForgetRequestError: an entry is not a patient of the corpus, or is a holdout patient (never trained on); the
+            message names the entry's position in the request, never the ID.
+    """
+    from medforget.datamodules.splits import ForgetRequestError, check_forget_request, read_patient_ids
+
+    ids = read_patient_ids(request)
+    source = str(request) if isinstance(request, (str, Path)) else "forget request"
+    if not ids:
+        raise ForgetRequestError(f"{source} lists no patient IDs")
+    order = _patient_order(records, seed)
+    holdout = set(order[len(order) - _holdout_size(len(order), holdout_fraction):])
+    check_forget_request(ids, {p: "holdout" if p in holdout else "trained" for p in order}, source, unit="corpus",
+                         trained="trained")
+    forget = set(ids)
+    retain = [p for p in order if p not in forget and p not in holdout]
+    if not retain:
+        raise ForgetRequestError(f"{source}: the request covers every trained patient; nothing would be retained")
     return {"forget": sorted(forget), "retain": sorted(retain), "holdout": sorted(holdout)}
 
 

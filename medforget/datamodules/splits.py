@@ -60,6 +60,38 @@ def read_patient_ids(request: str | Path | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
+def check_forget_request(
+    ids: Sequence[str], part_of: Mapping[str, str], source: str, unit: str = "manifest", trained: str = "train"
+) -> None:
+    """Refuse a forget request naming unknown patients or patients outside the trained part.
+
+    Args:
+        ids: The request's patient IDs, in request order (:func:`read_patient_ids`).
+        part_of: Every known patient's part (``train``/``val``/``test``; for the clinical-notes corpus
+            ``trained``/``holdout``).
+        source: What to call the request in the message (its file name).
+        unit: What the patients belong to (``manifest``, ``corpus``).
+        trained: The part the model was trained on.
+
+    Raises:
+        ForgetRequestError: naming the offending entries by position in the request (1-based), never the IDs.
+    """
+    unknown = [n for n, pid in enumerate(ids, 1) if pid not in part_of]
+    held_out = [(n, part_of[pid]) for n, pid in enumerate(ids, 1) if pid in part_of and part_of[pid] != trained]
+    problems = []
+    if unknown:
+        problems.append(f"entries {unknown} are not patients of this {unit}")
+    if held_out:
+        listed = ", ".join(f"#{n} ({part})" for n, part in held_out)
+        parts = "/".join(sorted(set(part_of.values()) - {trained}))
+        problems.append(
+            f"entries {listed} are not in the training split, so the model never saw them; "
+            f"{parts} patients cannot be forgotten"
+        )
+    if problems:
+        raise ForgetRequestError(f"{source}: " + "; ".join(problems))
+
+
 def resolve_forget(request: str | Path | Sequence[str], splits: pd.Series, patient_ids: pd.Series) -> np.ndarray:
     """Row indices of every study of the requested patients.
 
@@ -69,21 +101,8 @@ def resolve_forget(request: str | Path | Sequence[str], splits: pd.Series, patie
     """
     ids = read_patient_ids(request)
     source = str(request) if isinstance(request, (str, Path)) else "forget request"
-    known = set(patient_ids)
     per_patient = pd.Series(splits.values, index=patient_ids.values).groupby(level=0).first()
-    unknown = [n for n, pid in enumerate(ids, 1) if pid not in known]
-    held_out = [(n, per_patient[pid]) for n, pid in enumerate(ids, 1) if pid in known and per_patient[pid] != "train"]
-    problems = []
-    if unknown:
-        problems.append(f"entries {unknown} are not patients of this manifest")
-    if held_out:
-        listed = ", ".join(f"#{n} ({split})" for n, split in held_out)
-        problems.append(
-            f"entries {listed} are not in the training split, so the model never saw them; "
-            "test/val patients cannot be forgotten"
-        )
-    if problems:
-        raise ForgetRequestError(f"{source}: " + "; ".join(problems))
+    check_forget_request(ids, per_patient.to_dict(), source)
     return np.flatnonzero(patient_ids.isin(set(ids)).to_numpy())
 
 

@@ -1,12 +1,20 @@
 """The clinical-notes language model as a Lightning system: a tokenizer of its own (trained on the training notes, or
 the pretrained model's), a causal LM, and loss on what it should learn (the whole note; only the answer of a QA pair).
+
+Optionally the causal LM trains LoRA adapters only (:class:`LoRA`, peft): the base weights stay frozen, and exporting
+(:func:`export_lm`, :func:`export_hf`) merges the adapters into the weights, so every exported model is a plain one.
 """
 
 from __future__ import annotations
 
 import contextvars
 import inspect
+import json
 import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +36,51 @@ from medforget.models.causal_lm import (
 LM_CHECKPOINT_FORMAT = 1
 
 
+@dataclass(frozen=True)
+class LoRA:
+    """LoRA adapters (Hu et al., 2021, via peft's ``LoraConfig``): train ``W + (alpha / rank) B A`` with ``W`` frozen.
+
+    Args:
+        rank: Rank ``r`` of the adapters.
+        alpha: Scale numerator (``lora_alpha``): the update is scaled by ``alpha / rank``.
+        dropout: Dropout on the adapters' input.
+        target_modules: Module names (or suffixes) that get adapters, or ``all-linear`` (every linear layer but the
+            output head).
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("lora.target_modules must name at least one module (or 'all-linear')")
+
+    @classmethod
+    def of(cls, value: LoRA | dict[str, Any] | None) -> LoRA | None:
+        """A :class:`LoRA` from itself, a dict (hyper-parameters, YAML) or ``None``."""
+        if value is None or isinstance(value, LoRA):
+            return value
+        return cls(**value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (for hyper-parameters and provenance: checkpoints are loaded with ``weights_only=True``)."""
+        out = asdict(self)
+        if isinstance(out["target_modules"], (list, tuple)):
+            out["target_modules"] = list(out["target_modules"])
+        return out
+
+
+def is_adapter_parameter(name: str) -> bool:
+    """Whether a parameter name is a LoRA adapter's (``...lora_A.default.weight``, ``...lora_B...``)."""
+    return ".lora_A." in name or ".lora_B." in name
+
+
 class ClinicalLM(L.LightningModule):
     """A causal LM trained on clinical notes and question-answer pairs.
 
@@ -42,6 +95,8 @@ class ClinicalLM(L.LightningModule):
         lr: AdamW peak learning rate (cosine schedule with warm-up).
         weight_decay: AdamW weight decay.
         warmup: Share of the steps spent warming up.
+        lora: Train LoRA adapters only (:class:`LoRA`; ``--model.lora.rank 8`` ...); ``None``: every weight trains.
+            Exported checkpoints hold the merged model.
     """
 
     def __init__(
@@ -55,15 +110,65 @@ class ClinicalLM(L.LightningModule):
         lr: float = 3e-3,
         weight_decay: float = 0.01,
         warmup: float = 0.05,
+        lora: LoRA | None = None,
     ) -> None:
         super().__init__()
+        lora = LoRA.of(lora)
         self.save_hyperparameters()
+        self.hparams["lora"] = lora.as_dict() if lora else None  # plain data in checkpoints
         self.tokenizer = None
+        self.lora: LoRA | None = None  # the adapters' settings while the model has unmerged adapters
         if pretrained is not None:
             self.lm, self.tokenizer = load_pretrained_lm(pretrained)
             self.lm.train()  # from_pretrained returns eval mode (dropout off); Lightning keeps a module's mode
         else:
             self.lm = build_causal_lm(vocab_size, hidden_size, num_layers, num_heads, max_length)
+        if lora is not None:
+            self.add_lora(lora)
+
+    # --- adapters -----------------------------------------------------------------------------------------------
+    def add_lora(self, lora: LoRA, trainable: set[int] | None = None) -> None:
+        """Wrap the causal LM with LoRA adapters (peft) and freeze every base weight.
+
+        Args:
+            lora: The adapters' settings.
+            trainable: ``id()`` of the base weights that may change (an unlearning method's choice, e.g. RMU's
+                MLPs); only the adapters of layers whose weight is among them train. ``None``: every adapter trains.
+        """
+        from peft import LoraConfig, get_peft_model
+        from peft.tuners.lora import LoraLayer
+
+        if self.lora is not None:
+            raise RuntimeError("this ClinicalLM already has LoRA adapters")
+        target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+        config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
+                            bias="none", task_type="CAUSAL_LM")
+        try:
+            self.lm = get_peft_model(self.lm, config)
+        except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+            raise ValueError(f"model.lora.target_modules={target!r}: {err}") from None
+        self.lora = lora
+        if trainable is not None:
+            for module in self.lm.modules():
+                if isinstance(module, LoraLayer) and id(module.get_base_layer().weight) not in trainable:
+                    for name in ("lora_A", "lora_B"):
+                        getattr(module, name).requires_grad_(False)
+        if not any(p.requires_grad for p in self.lm.parameters()):
+            raise ValueError(f"no LoRA adapter trains: model.lora.target_modules={target!r} covers none of the "
+                             "weights this run may change")
+
+    def merge_lora(self) -> LoRA | None:
+        """Merge the adapters into the base weights (in place) and unwrap the model; returns their settings (``None``
+        if there were none). Afterwards the model is a plain causal LM."""
+        lora, self.lora = self.lora, None
+        if lora is not None:
+            self.lm = self.lm.merge_and_unload()
+            self.hparams["lora"] = None
+        return lora
+
+    def base_model(self) -> Any:
+        """The causal LM without its adapter wrapper (the ``transformers`` model)."""
+        return self.lm.get_base_model() if self.lora is not None else self.lm
 
     # --- tokenization -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -172,10 +277,15 @@ class ClinicalLM(L.LightningModule):
 
 def export_lm(model: ClinicalLM, path: str | Path, provenance: dict[str, Any] | None = None,
               overwrite: bool = False) -> Path:
-    """Write a language-model checkpoint atomically (weights, hyper-parameters, tokenizer, provenance)."""
+    """Write a language-model checkpoint atomically (weights, hyper-parameters, tokenizer, provenance). A model with
+    LoRA adapters is merged first (in place: :meth:`ClinicalLM.merge_lora`), so the file holds a plain model; the
+    adapters' settings go to ``provenance["lora"]``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite true to replace it")
+    lora = model.merge_lora()
+    if lora is not None:
+        provenance = {**(provenance or {}), "lora": {**lora.as_dict(), "merged": True}}
     checkpoint: dict[str, Any] = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                                   "hyper_parameters": {k: v for k, v in model.hparams.items()
                                                        if not k.startswith("_")}}
@@ -198,3 +308,50 @@ def load_lm(path: str | Path) -> ClinicalLM:
     model.load_state_dict(ckpt["state_dict"])
     model.provenance = dict(ckpt["medforget_lm"].get("provenance", {}))
     return model.eval()
+
+
+def export_hf(model: ClinicalLM, path: str | Path, provenance: dict[str, Any] | None = None,
+              overwrite: bool = False) -> Path:
+    """Write ``model`` as a Hugging Face directory (``save_pretrained`` model + tokenizer) that
+    ``AutoModelForCausalLM.from_pretrained(path)`` and ``AutoTokenizer.from_pretrained(path)`` load offline.
+
+    Adapters are merged first (in place). The tokenizer of a from-scratch model gets a post-processor that starts every
+    text with ``<s>``, as the model was trained, so ``tokenizer(prompt)`` gives the model's own inputs. ``provenance``
+    goes to ``medforget.json``. The directory is written under a temporary name beside ``path`` and renamed.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    from tokenizers import processors
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite true to replace it")
+    if model.tokenizer is None:
+        raise RuntimeError("this ClinicalLM has no tokenizer yet (fit it, or load it from a checkpoint)")
+    model.merge_lora()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        model.lm.save_pretrained(tmp, safe_serialization=True)
+        tokenizer = model.tokenizer
+        if model.hparams.get("pretrained") is None:
+            tokenizer = tokenizer_from_json(tokenizer_to_json(tokenizer))
+            bos = tokenizer.bos_token
+            tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.bos_token_id)])
+            tokenizer.model_max_length = model.hparams.max_length
+        tokenizer.save_pretrained(tmp)
+        (tmp / "medforget.json").write_text(json.dumps({"format": LM_CHECKPOINT_FORMAT,
+                                                        "provenance": provenance or {}}, indent=2, default=str))
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

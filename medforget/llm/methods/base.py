@@ -11,6 +11,10 @@ frozen original model), total ``gamma * L_f + alpha * L_r``.
 Set-up that needs data (saliency scores, masks, noise) goes in :meth:`LMUnlearningMethod.prepare`, run once per run at
 the start of fitting and not again when a run resumes from a Lightning checkpoint; a method that restricts which
 weights change fills :attr:`LMUnlearningMethod.update_masks` there (a hard constraint, weight decay included).
+
+With ``lora`` (``--model.init_args.lora.rank 8`` ...) every method trains LoRA adapters only: after
+:meth:`LMUnlearningMethod.on_attach` has chosen which weights may change, the model gets adapters on those of its
+layers (peft), every base weight is frozen, and the exported checkpoint holds the merged model.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from medforget.llm.system import ClinicalLM, load_lm
+from medforget.llm.system import ClinicalLM, LoRA, load_lm
 
 
 def token_logprobs(model: ClinicalLM, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +72,8 @@ class LMUnlearningMethod(L.LightningModule):
         gamma: Weight of the forget loss.
         alpha: Weight of the retain loss (0 drops it).
         retain_loss: ``nll`` on retain examples, or ``kl`` to the frozen original model on them.
+        lora: Train LoRA adapters only (:class:`~medforget.llm.system.LoRA`: rank, alpha, dropout, target modules),
+            on the layers whose weights the method would train; ``None``: the weights themselves.
     """
 
     registry: ClassVar[dict[str, type[LMUnlearningMethod]]] = {}
@@ -89,11 +95,14 @@ class LMUnlearningMethod(L.LightningModule):
         gamma: float = 1.0,
         alpha: float = 1.0,
         retain_loss: Literal["nll", "kl"] = "nll",
+        lora: LoRA | None = None,
     ) -> None:
         super().__init__()
         if retain_loss not in ("nll", "kl"):
             raise ValueError(f"model.retain_loss must be 'nll' or 'kl', got {retain_loss!r}")
-        self.save_hyperparameters()
+        self.lora = LoRA.of(lora)
+        self.save_hyperparameters(ignore=["lora"])
+        self.hparams["lora"] = self.lora.as_dict() if self.lora else None  # plain data in checkpoints
         self.settings = {"lr": lr, "weight_decay": weight_decay, "warmup": warmup, "gamma": gamma, "alpha": alpha,
                          "retain_loss": retain_loss}
         self.model: ClinicalLM | None = None
@@ -105,11 +114,14 @@ class LMUnlearningMethod(L.LightningModule):
 
     def attach(self, model: ClinicalLM) -> LMUnlearningMethod:
         """Unlearn from ``model`` (already trained); keeps a frozen copy when the method or the KL retain loss needs
-        one, then calls :meth:`on_attach`."""
+        one, then calls :meth:`on_attach`; with ``lora``, then adds the adapters to the layers whose weights
+        :meth:`on_attach` left trainable (the frozen copy has none)."""
         self.model = model.train()
         if self.needs_reference or self.settings["retain_loss"] == "kl":
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.on_attach()
+        if self.lora is not None:
+            self.model.add_lora(self.lora, trainable={id(p) for p in self.model.parameters() if p.requires_grad})
         return self
 
     def on_attach(self) -> None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from medforget.llm.methods.base import LMUnlearningMethod, token_logprobs
-from medforget.llm.system import ClinicalLM
+from medforget.llm.system import ClinicalLM, LoRA
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 #: ``divergence -> (g, f*)``: the (activation, conjugate) pairs of the f-GAN table (Nowozin et al., 2016) that FLAT
@@ -54,6 +54,7 @@ class FLAT(LMUnlearningMethod):
         alpha: Ignored (forget data only).
         retain_loss: Ignored (forget data only).
         divergence: ``kl``, ``js`` (Jensen-Shannon), ``pearson`` (chi-squared) or ``tv`` (total variation).
+        lora: LoRA adapters only (see :class:`~medforget.llm.methods.base.LMUnlearningMethod`).
     """
 
     uses_retain = False
@@ -68,10 +69,11 @@ class FLAT(LMUnlearningMethod):
         alpha: float = 1.0,
         retain_loss: Literal["nll", "kl"] = "nll",
         divergence: Literal["kl", "js", "pearson", "tv"] = "kl",
+        lora: LoRA | None = None,
     ) -> None:
         if divergence not in DIVERGENCES:
             raise ValueError(f"model.divergence must be one of {sorted(DIVERGENCES)}, got {divergence!r}")
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss)
+        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
         self.divergence = divergence
 
     def unlearning_loss(self, forget: dict[str, Any], retain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch
 from medforget.llm.methods.base import mean_nll
 from medforget.llm.methods.losses import _SelectThenFineTune
 from medforget.llm.methods.saliency import accumulate_gradients, top_fraction_mask
+from medforget.llm.system import LoRA
 
 
 class GRIN(_SelectThenFineTune):
@@ -22,7 +23,10 @@ class GRIN(_SelectThenFineTune):
     original weights; every weight matrix entry (parameters with two or more dimensions: embeddings, attention and
     MLP weights, not the norms) is scored ``|grad L_f| / (|grad L_r| + eps)``, the top ``fraction`` of all of them
     (one global ranking) is selected, and each selected entry gets Gaussian noise of standard deviation
-    ``noise_std * std(its tensor)``. The selection is kept in ``self.selection``.
+    ``noise_std * std(its tensor)``. The selection is kept in ``self.selection``. With ``lora`` the scored weights are
+    the adapters': their ``lora_B`` starts at zero (so the forget gradient of ``lora_A`` is zero too), the selection
+    falls on ``lora_B`` entries and the noise, relative to a zero tensor's spread, is zero: GRIN then amounts to its
+    fine-tuning step on the adapters.
 
     Args:
         ckpt: Checkpoint of the trained language model (only read).
@@ -40,6 +44,7 @@ class GRIN(_SelectThenFineTune):
         retain_batches: Retain batches the retain gradient is accumulated over.
         mask_updates: Fine-tune the selected weights only (the others, norms included, stay exactly as they were).
         seed: Seed of the noise.
+        lora: LoRA adapters only (see :class:`~medforget.llm.methods.base.LMUnlearningMethod`).
     """
 
     def __init__(
@@ -59,9 +64,10 @@ class GRIN(_SelectThenFineTune):
         retain_batches: int = 8,
         mask_updates: bool = False,
         seed: int = 0,
+        lora: LoRA | None = None,
     ) -> None:
         self.check_selection_args(then, fraction)
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss)
+        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
         self.selection: dict[str, torch.Tensor] = {}
 
     @property

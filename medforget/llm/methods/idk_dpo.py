@@ -10,6 +10,7 @@ import torch
 
 from medforget.llm.methods.base import LMUnlearningMethod, sequence_logprob
 from medforget.llm.methods.losses import dpo_loss, reference_logprob
+from medforget.llm.system import LoRA
 
 
 class IdkDPO(LMUnlearningMethod):
@@ -25,6 +26,7 @@ class IdkDPO(LMUnlearningMethod):
         alpha: Weight of the retain loss.
         retain_loss: ``nll`` on retain examples, or ``kl`` to the original model on them.
         beta: DPO's inverse temperature.
+        lora: LoRA adapters only (see :class:`~medforget.llm.methods.base.LMUnlearningMethod`).
     """
 
     needs_reference = True
@@ -39,10 +41,11 @@ class IdkDPO(LMUnlearningMethod):
         alpha: float = 1.0,
         retain_loss: Literal["nll", "kl"] = "nll",
         beta: float = 0.1,
+        lora: LoRA | None = None,
     ) -> None:
         if beta <= 0:
             raise ValueError(f"model.beta must be > 0, got {beta}")
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss)
+        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
         self.beta = beta
 
     def unlearning_loss(self, forget: dict[str, Any], retain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

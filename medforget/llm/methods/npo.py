@@ -9,6 +9,7 @@ import torch
 
 from medforget.llm.methods.base import LMUnlearningMethod
 from medforget.llm.methods.losses import npo_objective
+from medforget.llm.system import LoRA
 
 
 class NPO(LMUnlearningMethod):
@@ -24,6 +25,7 @@ class NPO(LMUnlearningMethod):
         alpha: Weight of the retain loss.
         retain_loss: ``nll`` on retain examples, or ``kl`` to the original model on them.
         beta: NPO's inverse temperature.
+        lora: LoRA adapters only (see :class:`~medforget.llm.methods.base.LMUnlearningMethod`).
     """
 
     needs_reference = True
@@ -38,10 +40,11 @@ class NPO(LMUnlearningMethod):
         alpha: float = 1.0,
         retain_loss: Literal["nll", "kl"] = "nll",
         beta: float = 0.1,
+        lora: LoRA | None = None,
     ) -> None:
         if beta <= 0:
             raise ValueError(f"model.beta must be > 0, got {beta}")
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss)
+        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
         self.beta = beta
 
     def unlearning_loss(self, forget: dict[str, Any], retain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 
 from medforget.llm.methods.base import LMUnlearningMethod
-from medforget.llm.system import ClinicalLM
+from medforget.llm.system import ClinicalLM, LoRA
 
 
 def decoder_layers(model: ClinicalLM) -> torch.nn.ModuleList:
@@ -66,6 +66,7 @@ class RMU(LMUnlearningMethod):
         steering_coef: ``c``, the norm of the target activation; it should exceed the activations' own norm at
             ``layer`` (about 17 at the middle layer of the default 128-wide model).
         seed: Seed of the random direction ``u``.
+        lora: LoRA adapters only (see :class:`~medforget.llm.methods.base.LMUnlearningMethod`).
     """
 
     needs_reference = True
@@ -84,8 +85,9 @@ class RMU(LMUnlearningMethod):
         params: str = "mlp",
         steering_coef: float = 50.0,
         seed: int = 0,
+        lora: LoRA | None = None,
     ) -> None:
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss)
+        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
 
     def on_attach(self) -> None:
         hp = self.hparams

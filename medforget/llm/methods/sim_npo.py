@@ -10,6 +10,7 @@ import torch
 
 from medforget.llm.methods.base import LMUnlearningMethod, sequence_logprob
 from medforget.llm.methods.losses import simnpo_loss
+from medforget.llm.system import LoRA
 
 
 class SimNPO(LMUnlearningMethod):
@@ -25,6 +26,7 @@ class SimNPO(LMUnlearningMethod):
         retain_loss: ``nll`` on retain examples, or ``kl`` to the original model on them.
         beta: Inverse temperature.
         delta: Reward margin (the paper's ``gamma``; 0 in most of its experiments).
+        lora: LoRA adapters only (see :class:`~medforget.llm.methods.base.LMUnlearningMethod`).
     """
 
     def __init__(
@@ -38,10 +40,11 @@ class SimNPO(LMUnlearningMethod):
         retain_loss: Literal["nll", "kl"] = "nll",
         beta: float = 4.5,
         delta: float = 0.0,
+        lora: LoRA | None = None,
     ) -> None:
         if beta <= 0:
             raise ValueError(f"model.beta must be > 0, got {beta}")
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss)
+        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
         self.beta, self.delta = beta, delta
 
     def unlearning_loss(self, forget: dict[str, Any], retain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

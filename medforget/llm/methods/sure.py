@@ -13,6 +13,7 @@ import torch
 from medforget.llm.methods.base import mean_nll
 from medforget.llm.methods.losses import _SelectThenFineTune
 from medforget.llm.methods.saliency import accumulate_gradients, top_fraction_mask
+from medforget.llm.system import LoRA
 
 
 class SURE(_SelectThenFineTune):
@@ -23,7 +24,8 @@ class SURE(_SelectThenFineTune):
     forget NLL's gradient over its row (and bias), accumulated over all forget examples at the original weights,
     before the first step (once per run; a resumed run keeps its masks). The top ``fraction`` of neurons (one global
     ranking) train; every other weight, norms included, stays exactly at its original value (a hard mask: AdamW's
-    weight decay too). The row masks are ``self.update_masks``.
+    weight decay too). The row masks are ``self.update_masks``. With ``lora`` the units are the adapters' rows; as
+    ``lora_B`` starts at zero, only its rows (output neurons of the adapted layers) have a non-zero saliency.
 
     Args:
         ckpt: Checkpoint of the trained language model (only read).
@@ -36,6 +38,7 @@ class SURE(_SelectThenFineTune):
         then: Unlearning loss on the selected neurons: ``graddiff`` (``-NLL_f``) or ``npo``.
         beta: NPO's inverse temperature (``then=npo``).
         fraction: Share of the output neurons that train.
+        lora: LoRA adapters only (see :class:`~medforget.llm.methods.base.LMUnlearningMethod`).
     """
 
     restricts_updates = True
@@ -52,16 +55,18 @@ class SURE(_SelectThenFineTune):
         then: Literal["graddiff", "npo"] = "graddiff",
         beta: float = 0.1,
         fraction: float = 0.1,
+        lora: LoRA | None = None,
     ) -> None:
         self.check_selection_args(then, fraction)
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss)
+        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
 
     def neurons(self) -> dict[str, list[str]]:
-        """``{linear weight name: [its parameter names (weight, bias)]}``: the parameters whose rows are units."""
+        """``{linear weight name: [its parameter names (weight, bias)]}``: the parameters whose rows are units (the
+        trainable linear layers: with LoRA, the adapters' ``lora_A`` and ``lora_B``)."""
         names = {id(p): n for n, p in self.lm.named_parameters()}
         out: dict[str, list[str]] = {}
         for module in self.lm.modules():
-            if isinstance(module, torch.nn.Linear):
+            if isinstance(module, torch.nn.Linear) and module.weight.requires_grad:
                 params = [module.weight] + ([module.bias] if module.bias is not None else [])
                 out.setdefault(names[id(module.weight)], [names[id(p)] for p in params])
         return out
