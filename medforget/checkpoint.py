@@ -1,13 +1,18 @@
-"""Classifier checkpoints: safe loading (``weights_only=True``) and atomic export.
+"""Classifier checkpoints: safe loading (``weights_only=True``), atomic export and the chain of custody.
 
 Every model medforget produces -- original, retrained, unlearned -- is exported in one format: a Lightning-compatible
 checkpoint of a :class:`~medforget.classifier.FusionClassifier` (``state_dict``, ``hyper_parameters``, and a
 ``medforget`` section with the tokenizer and provenance). ``FusionClassifier.load_from_checkpoint`` reads it too.
+
+Chain of custody: every exported checkpoint gets a SHA-256 sidecar (``model.ckpt.sha256``, the format of
+``sha256sum``, so ``sha256sum -c model.ckpt.sha256`` checks it too); an unlearned model's provenance records its
+parent's SHA-256 (``parent_sha256``), and the audits record the SHA-256 of every checkpoint they audited.
 """
 
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -63,18 +68,79 @@ def load_classifier(path: str | Path) -> FusionClassifier:
     return model.eval()
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see a partial file."""
+SIDECAR_SUFFIX = ".sha256"
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where the SHA-256 sidecar of ``path`` lives: ``<path>.sha256``."""
     path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def read_sidecar(path: str | Path) -> str | None:
+    """The SHA-256 that ``path``'s sidecar records, or ``None`` without a sidecar (a malformed one is an error)."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    digest = side.read_text(encoding="utf-8", errors="replace").split(maxsplit=1)[:1]
+    if not digest or len(digest[0]) != 64 or any(c not in "0123456789abcdef" for c in digest[0]):
+        raise CheckpointError(f"{side}: not a SHA-256 sidecar (expected '<64 hex digits>  {Path(path).name}')")
+    return digest[0]
+
+
+def _atomic_write(path: Path, write: Any) -> str:
+    """``write(tmp)`` to a temporary file beside ``path``, fsync, rename; returns the SHA-256 of what was written.
+
+    The SHA-256 sidecar (``<path>.sha256``) follows the file: an old sidecar is removed before the rename and the new
+    one is written after it, so a crash in between leaves a file without a sidecar, never one with a wrong one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    side = sidecar_path(path)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        digest = sha256_file(tmp)
+        side.unlink(missing_ok=True)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    write_sidecar(path, digest)
+    return digest
+
+
+def write_sidecar(path: str | Path, digest: str | None = None) -> Path:
+    """Write ``<path>.sha256`` (``sha256sum`` format) atomically; ``digest`` defaults to the file's SHA-256."""
+    path = Path(path)
+    digest = digest or sha256_file(path)
+    side = sidecar_path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{side.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{digest}  {path.name}\n")
+        os.replace(tmp, side)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return side
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see a partial file. The
+    file's SHA-256 goes to the sidecar ``<path>.sha256``."""
+    path = Path(path)
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
     return path
 
 

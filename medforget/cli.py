@@ -23,9 +23,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import medforget
-from medforget.checkpoint import export_classifier
+from medforget.checkpoint import export_classifier, sha256_file, write_sidecar
 from medforget.classifier import FusionClassifier
 from medforget.datamodules.dicom_report import DicomReportDataModule
+from medforget.runlock import RunLock, releasing_locks
 from medforget.unlearning import UnlearningMethod
 from medforget.unlearning.selection import SCORE as SELECTION_SCORE
 
@@ -44,6 +45,8 @@ VERBS = {
     "unlearn-lm": "remove the forget patients from a clinical-notes language model (--method, --ckpt)",
     "evaluate-lm": "the language-model audit: original / unlearned / retain-only models on TOFU metrics, identifier "
                    "extraction, membership attacks and the quantization attack (lm_audit.json, .md, .html)",
+    "verify": "the chain of custody: recompute the SHA-256 of an audit's files and of the checkpoints it audited; "
+              "non-zero exit naming any file that changed",
 }
 
 
@@ -79,6 +82,7 @@ class _RunCLI(LightningCLI):
     """
 
     default_out = "runs/original"
+    verb = "train"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--out", type=str, default=self.default_out,
@@ -92,6 +96,9 @@ class _RunCLI(LightningCLI):
         parser.link_arguments("out", "checkpoint.dirpath", compute_fn=lambda out: str(Path(out) / "checkpoints"))
 
     def before_instantiate_classes(self) -> None:
+        # one run per --out: a second one is refused here, before anything is read or written; the verb's function
+        # (decorated with releasing_locks) releases it when it returns or raises
+        RunLock(self.config.out, self.verb).acquire()
         target = Path(self.config.out) / "model.ckpt"
         if target.exists() and not self.config.overwrite and self.config.ckpt_path is None:
             raise FileExistsError(f"{target} exists; pass --overwrite true to replace it (or choose another --out)")
@@ -113,6 +120,7 @@ class TrainCLI(_RunCLI):
 
 class UnlearnCLI(_RunCLI):
     default_out = "runs/unlearned"
+    verb = "unlearn"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
@@ -145,6 +153,7 @@ def _data_provenance(dm: DicomReportDataModule) -> dict[str, Any]:
     }
 
 
+@releasing_locks
 def train(args: list[str] | None = None) -> Path:
     """``medforget train``: fit a FusionClassifier and export ``<out>/model.ckpt``."""
     _quiet_lightning()
@@ -173,8 +182,10 @@ def train(args: list[str] | None = None) -> Path:
 
 class TrainLMCLI(_RunCLI):
     default_out = "runs/lm"
+    verb = "train-lm"
 
 
+@releasing_locks
 def train_lm(args: list[str] | None = None) -> Path:
     """``medforget train-lm``: fit a :class:`~medforget.llm.system.ClinicalLM` and export ``<out>/model.ckpt``."""
     from medforget.datamodules.lm import ClinicalNotesDataModule
@@ -205,6 +216,7 @@ def train_lm(args: list[str] | None = None) -> Path:
 
 class UnlearnLMCLI(_RunCLI):
     default_out = "runs/lm_unlearned"
+    verb = "unlearn-lm"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
@@ -243,6 +255,7 @@ def _method_args(args: list[str] | None, default: str) -> list[str]:
     return args
 
 
+@releasing_locks
 def unlearn_lm(args: list[str] | None = None) -> Path:
     """``medforget unlearn-lm``: apply a language-model unlearning method and export ``<out>/model.ckpt``."""
     import medforget.llm.methods  # noqa: F401  (registers the methods)
@@ -260,6 +273,7 @@ def unlearn_lm(args: list[str] | None = None) -> Path:
     method: LMUnlearningMethod = cli.model
     original = getattr(method.lm, "provenance", {})
     check_lm_data(original, cli.datamodule, cli.config.ckpt)
+    parent_sha256 = sha256_file(cli.config.ckpt)
     target = Path(cli.config.out) / "model.ckpt"
     if Path(cli.config.ckpt).resolve() == target.resolve():
         raise FileExistsError(f"refusing to overwrite the input checkpoint {cli.config.ckpt} (choose another --out)")
@@ -274,6 +288,7 @@ def unlearn_lm(args: list[str] | None = None) -> Path:
             "method_hparams": {k: v for k, v in method.hparams.items() if not k.startswith("_")},
             "medforget_version": medforget.__version__,
             "source_checkpoint_kind": original.get("kind"),
+            "parent_sha256": parent_sha256,
             "data": {**original.get("data", {}), "forget_fraction": dm.forget_fraction},
             "parts": dm.summary(),
             "epochs": cli.trainer.current_epoch,
@@ -283,6 +298,7 @@ def unlearn_lm(args: list[str] | None = None) -> Path:
     return target
 
 
+@releasing_locks
 def unlearn(args: list[str] | None = None) -> Path:
     """``medforget unlearn``: apply an unlearning method and export ``<out>/model.ckpt``."""
     _quiet_lightning()
@@ -298,6 +314,7 @@ def unlearn(args: list[str] | None = None) -> Path:
     original = getattr(method.classifier, "provenance", {})
     cli.datamodule.setup("fit")
     check_split(method.classifier, cli.datamodule, cli.config.ckpt)
+    parent_sha256 = sha256_file(cli.config.ckpt)
     start = time.perf_counter()
     cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     seconds = time.perf_counter() - start
@@ -312,6 +329,7 @@ def unlearn(args: list[str] | None = None) -> Path:
             "medforget_version": medforget.__version__,
             "split_fingerprint": original.get("split_fingerprint", dm.split_fingerprint),
             "source_checkpoint_kind": original.get("kind"),
+            "parent_sha256": parent_sha256,
             "forget_patients": dm.summary()["forget"]["patients"],
             "data": _data_provenance(dm),
             "unlearn_seconds": seconds,
@@ -338,6 +356,7 @@ def _select_checkpoint(cli: LightningCLI) -> dict[str, Any]:
             "score": float(callback.best_model_score), **state.get("medforget_selection", {})}
 
 
+@releasing_locks
 def evaluate(args: list[str] | None = None) -> dict[str, Any]:
     """``medforget evaluate``: the audit (``audit.json``, ``audit.md``, ``audit.html``, plots) of original / unlearned /
     retrained checkpoints, one or several runs (seeds)."""
@@ -382,6 +401,7 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any]:
                      f"{ {k: len(v) for k, v in given.items()} }")
     n_runs = sizes.pop()
     runs = [{k: v[i] for k, v in given.items()} for i in range(n_runs)]
+    RunLock(cfg.out, "evaluate").acquire()
     init = parser.instantiate_classes(cfg)
     audit_config, tolerances = init.audit, init.tolerances
     data_kwargs = cfg.data.as_dict()
@@ -398,6 +418,7 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any]:
         format_criteria(report["criteria"]) + f"\nverdict: {report['verdict'].upper()}" if report["criteria"] else "",
     ]))
     (out / "table.txt").write_text(table + "\n")
+    write_sidecar(out / "audit.json")  # the audit's own SHA-256, checked by `medforget verify`
     print(table)
     print(f"\nwrote {out / 'audit.json'}, {out / 'audit.md'}, {out / 'audit.html'}")
     return report
@@ -430,6 +451,7 @@ def demo(args: list[str] | None = None) -> dict[str, Any]:
     return run_demo(**cfg.as_dict())
 
 
+@releasing_locks
 def evaluate_lm(args: list[str] | None = None) -> dict[str, Any]:
     """``medforget evaluate-lm``: the language-model audit (``lm_audit.json``, ``lm_audit.md``, ``lm_audit.html``)
     of original / unlearned / retain-only checkpoints. The data settings default to the ones the original model was
@@ -469,6 +491,7 @@ def evaluate_lm(args: list[str] | None = None) -> dict[str, Any]:
         defaults["data.forget_fraction"] = unlearned_fraction
     parser.set_defaults(defaults)
     cfg = parser.parse_args(args)
+    RunLock(cfg.out, "evaluate-lm").acquire()
     init = parser.instantiate_classes(cfg)
     recorded = {k: v for k, v in json.loads(parser.dump(cfg, format="json")).items()
                 if k not in ("salt_file", "config")}
@@ -479,13 +502,30 @@ def evaluate_lm(args: list[str] | None = None) -> dict[str, Any]:
     if report["criteria"]:
         table += "\n\n" + format_lm_criteria(report["criteria"]) + f"\nverdict: {report['verdict'].upper()}"
     (out / "table.txt").write_text(table + "\n")
+    write_sidecar(out / "lm_audit.json")  # the audit's own SHA-256, checked by `medforget verify`
     print(table)
     print(f"\nwrote {out / 'lm_audit.json'}, {out / 'lm_audit.md'}, {out / 'lm_audit.html'}")
     return report
 
 
+def verify(args: list[str] | None = None) -> list[Any]:
+    """``medforget verify AUDIT_DIR [CKPT ...]``: see :mod:`medforget.verify`."""
+    from medforget.verify import verify_or_raise
+
+    parser = ArgumentParser(prog="medforget verify", description=VERBS["verify"], default_env=False)
+    parser.add_argument("audit_dir", type=str, help="Directory of audit.json and/or lm_audit.json (with sidecars).")
+    parser.add_argument("checkpoints", type=str, nargs="*", default=[],
+                        help="Checkpoint files to check against the audit (default: the paths the audit recorded).")
+    cfg = parser.parse_args(args)
+    checks = verify_or_raise(cfg.audit_dir, cfg.checkpoints)
+    for check in checks:
+        print(f"OK  {check.path}: {check.message}")
+    print(f"verified {len(checks)} checks: nothing changed since the audit")
+    return checks
+
+
 COMMANDS = {"synth": synth, "train": train, "unlearn": unlearn, "evaluate": evaluate, "demo": demo,
-            "train-lm": train_lm, "unlearn-lm": unlearn_lm, "evaluate-lm": evaluate_lm}
+            "train-lm": train_lm, "unlearn-lm": unlearn_lm, "evaluate-lm": evaluate_lm, "verify": verify}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import medforget
-from medforget.checkpoint import CheckpointError, load_classifier
+from medforget.checkpoint import CheckpointError, load_classifier, sha256_file
 from medforget.classifier import FusionClassifier
 from medforget.datamodules import keys
 from medforget.datamodules.dicom_report import DicomReportDataModule
@@ -268,6 +268,7 @@ def evaluate_models(
                 artifacts.scores.setdefault(name, {})[attack] = result.scores
         results[name] = {
             "checkpoint": str(path),
+            "checkpoint_sha256": sha256_file(path),
             "provenance": getattr(model, "provenance", {}),
             "metrics": _metrics(outputs),
             "mia": mia,
