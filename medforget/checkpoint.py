@@ -12,8 +12,10 @@ parent's SHA-256 (``parent_sha256``), and the audits record the SHA-256 of every
 from __future__ import annotations
 
 import contextvars
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,11 @@ def load_classifier(path: str | Path) -> FusionClassifier:
     # earlier checkpoints kept BERT's pooler, which the mean-pooling text encoder never used: drop it
     own = model.state_dict()
     state = {k: v for k, v in ckpt["state_dict"].items() if ".backbone.pooler." not in k or k in own}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of another shape
+        raise CheckpointError(f"{path}: weights do not match the architecture ({' '.join(str(err).split())[:400]})"
+                              ) from err
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the architecture (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
@@ -97,6 +103,21 @@ def read_sidecar(path: str | Path) -> str | None:
     return digest[0]
 
 
+def write_error(path: str | Path, err: BaseException) -> OSError:
+    """An :class:`OSError` naming ``path`` for a failed write (torch's writer raises a bare ``RuntimeError`` on a full
+    disk); the free space is in the message."""
+    path = Path(path)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = -1
+    code = getattr(err, "errno", None) or (errno.ENOSPC if 0 <= free < 64 << 20 else errno.EIO)
+    reason = os.strerror(code) if not isinstance(err, OSError) or not err.strerror else err.strerror
+    detail = "" if isinstance(err, OSError) else f" ({' '.join(str(err).split())[:200]})"
+    return OSError(code, f"cannot write {path}: {reason}{detail}; {max(free, 0) / 2**20:.1f} MiB free there; "
+                         "nothing was written or replaced")
+
+
 def _atomic_write(path: Path, write: Any) -> str:
     """``write(tmp)`` to a temporary file beside ``path``, fsync, rename; returns the SHA-256 of what was written.
 
@@ -113,6 +134,9 @@ def _atomic_write(path: Path, write: Any) -> str:
         digest = sha256_file(tmp)
         side.unlink(missing_ok=True)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -130,10 +154,30 @@ def write_sidecar(path: str | Path, digest: str | None = None) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(f"{digest}  {path.name}\n")
         os.replace(tmp, side)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(side, err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return side
+
+
+def check_resume_checkpoint(path: str | Path, module: torch.nn.Module) -> None:
+    """Refuse, naming the file, a checkpoint to resume from (``--ckpt_path``) that is not loadable with
+    ``weights_only=True`` or whose weights do not fit ``module`` (missing or unexpected keys, other shapes): Lightning
+    would stop deep inside ``fit`` with an unpickling or size-mismatch error that names no file."""
+    ckpt = read_checkpoint(path)
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: no state_dict; not a checkpoint to resume this run from")
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and (not isinstance(v, torch.Tensor) or v.shape != own[k].shape)]
+    if (missing or unexpected) and getattr(module, "strict_loading", True) or shapes:
+        raise CheckpointError(f"{path}: weights do not match this run's model (missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}, other shapes {shapes[:5]}); resume with the command that wrote it")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

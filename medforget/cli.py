@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import medforget
-from medforget.checkpoint import export_classifier, sha256_file, write_sidecar
+from medforget.checkpoint import check_resume_checkpoint, export_classifier, sha256_file, write_sidecar
 from medforget.classifier import FusionClassifier
 from medforget.datamodules.dicom_report import DicomReportDataModule
 from medforget.runlock import RunLock, releasing_locks
@@ -103,6 +103,18 @@ class _RunCLI(LightningCLI):
         if target.exists() and not self.config.overwrite and self.config.ckpt_path is None:
             raise FileExistsError(f"{target} exists; pass --overwrite true to replace it (or choose another --out)")
 
+    def resume_path(self) -> str | None:
+        """``--ckpt_path``, checked first when it names a file (``last``: ``<out>/checkpoints/last.ckpt``), so that a
+        truncated, tampered or foreign checkpoint is refused naming the file (never unpickled with code)."""
+        path = self.config.ckpt_path
+        if path in (None, "best", "hpc", "registry"):
+            return path
+        file = Path(self.config.out) / "checkpoints" / "last.ckpt" if path == "last" else Path(path)
+        if path == "last" and not file.exists():
+            return path  # nothing to resume yet: Lightning warns and starts from the first epoch
+        check_resume_checkpoint(file, self.model)
+        return path
+
     def instantiate_trainer(self, **kwargs: Any):
         config = self._get(self.config_init, "trainer", default={}) or {}
         if config.get("enable_checkpointing", True) is not False and not config.get("fast_dev_run"):
@@ -163,7 +175,7 @@ def train(args: list[str] | None = None) -> Path:
         parser_kwargs={"prog": "medforget train", "description": VERBS["train"]},
     )
     start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
     seconds = time.perf_counter() - start
     target = Path(cli.config.out) / "model.ckpt"
     if cli.trainer.is_global_zero:
@@ -198,7 +210,7 @@ def train_lm(args: list[str] | None = None) -> Path:
         parser_kwargs={"prog": "medforget train-lm", "description": VERBS["train-lm"]},
     )
     start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
     seconds = time.perf_counter() - start
     target = Path(cli.config.out) / "model.ckpt"
     if cli.trainer.is_global_zero:
@@ -278,7 +290,7 @@ def unlearn_lm(args: list[str] | None = None) -> Path:
     if Path(cli.config.ckpt).resolve() == target.resolve():
         raise FileExistsError(f"refusing to overwrite the input checkpoint {cli.config.ckpt} (choose another --out)")
     start = time.perf_counter()
-    cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
     seconds = time.perf_counter() - start
     if cli.trainer.is_global_zero:
         dm = cli.datamodule
@@ -316,7 +328,7 @@ def unlearn(args: list[str] | None = None) -> Path:
     check_split(method.classifier, cli.datamodule, cli.config.ckpt)
     parent_sha256 = sha256_file(cli.config.ckpt)
     start = time.perf_counter()
-    cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
     seconds = time.perf_counter() - start
     selected = _select_checkpoint(cli)
     target = Path(cli.config.out) / "model.ckpt"
@@ -549,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     try:
         COMMANDS[verb](argv[1:])
-    except (FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError) as err:
         # errors we raise for bad input: one clear line, no traceback from deep inside
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         sys.exit(f"medforget {verb}: error: {message}")

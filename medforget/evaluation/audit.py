@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import medforget
-from medforget.checkpoint import CheckpointError, load_classifier, sha256_file
+from medforget.checkpoint import CheckpointError, load_classifier, sha256_file, write_error
 from medforget.classifier import FusionClassifier
 from medforget.datamodules import keys
 from medforget.datamodules.dicom_report import DicomReportDataModule
@@ -685,6 +685,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as err:  # e.g. a full disk: name the file
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
