@@ -61,17 +61,79 @@ def _quiet_lightning() -> None:
 RESUME_FILENAME = "latest-{epoch}-{step}"
 
 
+def _rng_state() -> dict[str, Any]:
+    """torch, numpy and Python random states, in types that ``torch.load(weights_only=True)`` reads back."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _train_samplers(trainer: Any) -> list[Any]:
+    """The samplers of the training loaders (one, or the forget and retain loaders of an unlearning run)."""
+    loaders = getattr(trainer, "train_dataloader", None) if trainer is not None else None
+    loaders = list(loaders.values()) if isinstance(loaders, dict) else (
+        list(loaders) if isinstance(loaders, (list, tuple)) else [loaders])
+    return [getattr(loader, "sampler", None) for loader in loaders if loader is not None]
+
+
 class ResumePoint(ModelCheckpoint):
     """The most recent epoch's state (``latest-*.ckpt``, linked as ``last.ckpt``): what ``--ckpt_path last``
-    resumes from. Its own state key, so it never collides with the configurable ``checkpoint`` callback."""
+    resumes from. Its own state key, so it never collides with the configurable ``checkpoint`` callback.
+
+    It also keeps the random state at the end of the epoch (torch, numpy, Python; and the shuffling generators of the
+    training loaders) and restores it when the next epoch starts after a resume, so that a resumed run draws the same
+    data order and dropout as an uninterrupted one and exports the same model."""
 
     def __init__(self, dirpath: str | Path) -> None:
         super().__init__(dirpath=dirpath, filename=RESUME_FILENAME, save_top_k=1, save_last="link",
                          enable_version_counter=False)
+        self._trainer: Any = None
+        self._restore: dict[str, Any] | None = None
 
     @property
     def state_key(self) -> str:
         return "medforget.ResumePoint"
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        generators = [getattr(s, "generator", None) for s in _train_samplers(self._trainer)]
+        return {**super().state_dict(), "rng": _rng_state(),
+                "generators": [g.get_state() if isinstance(g, torch.Generator) else None for g in generators]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        self._restore = {k: state_dict.pop(k) for k in ("rng", "generators") if k in state_dict}
+        super().load_state_dict(state_dict)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        restore, self._restore = self._restore, None
+        if not restore:
+            return
+        if "rng" in restore:
+            _set_rng_state(restore["rng"])
+        samplers = _train_samplers(trainer)
+        if len(samplers) == len(restore.get("generators", [])):
+            for sampler, state in zip(samplers, restore["generators"], strict=True):
+                if state is not None and isinstance(getattr(sampler, "generator", None), torch.Generator):
+                    sampler.generator.set_state(state)
 
 
 class _RunCLI(LightningCLI):
