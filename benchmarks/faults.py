@@ -242,7 +242,7 @@ def corrupt_dicom(src: Path, dst: Path, rng: random.Random) -> str:
             except Exception:  # noqa: BLE001 - pydicom refused the value: write it as raw bytes instead
                 elem = target[tag] if tag in target else None
                 if elem is not None:
-                    elem.value = str(value).encode("latin-1", "replace")
+                    elem._value = str(value)  # unchecked: exactly the garbage a broken writer leaves
         buffer = io.BytesIO()
         try:
             ds.save_as(buffer, enforce_file_format=False)
