@@ -185,6 +185,11 @@ class _RunCLI(LightningCLI):
             latest = ResumePoint(Path(self.config.out) / "checkpoints")
             callbacks = kwargs.pop("callbacks", None) or config.get("callbacks") or []
             kwargs["callbacks"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), latest]
+            trainer = super().instantiate_trainer(**kwargs)
+            # last: the resume point must be written after the selection callback has saved this epoch's best, or it
+            # records a best-epoch file that the selection callback deletes next, and a resumed run cannot export
+            trainer.callbacks = [c for c in trainer.callbacks if c is not latest] + [latest]
+            return trainer
         return super().instantiate_trainer(**kwargs)
 
 
@@ -424,6 +429,9 @@ def _select_checkpoint(cli: LightningCLI) -> dict[str, Any]:
         if monitor:
             log.warning("no %s was logged (the datamodule has no val patients?): exporting the last weights", monitor)
         return {"monitor": monitor, "selected": "last", "epoch": cli.trainer.current_epoch}
+    if not Path(best).is_file():
+        raise FileNotFoundError(f"the checkpoint of the selected epoch, {best}, is missing (deleted or moved?); rerun "
+                                f"without --ckpt_path, or with --checkpoint.monitor null to export the last epoch")
     state = torch.load(best, map_location="cpu", weights_only=True)
     cli.model.load_state_dict(state["state_dict"])
     return {"monitor": monitor, "selected": Path(best).name, "epoch": int(state["epoch"]),

@@ -203,3 +203,20 @@ def test_resumed_run_equals_the_uninterrupted_one(verb, tiny_hospital, trained_c
     assert worst / scale < RESUME_TOLERANCE, worst / scale
     if verb == "unlearn":
         assert a["medforget"]["provenance"]["selection"] == b["medforget"]["provenance"]["selection"]
+
+
+# --- the resume point was written before the selection callback's best: a resumed unlearn could not export -------
+def test_resume_point_records_an_existing_best_epoch(tiny_hospital, trained_ckpt, forget_file, tmp_path):
+    from medforget.cli import unlearn
+
+    out = tmp_path / "u"
+    args = ["--method=FineTune", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
+            f"--data.manifest={tiny_hospital}", *TINY_DATA, "--model.init_args.lr=0.05", "--trainer.max_epochs=3",
+            *QUIET, f"--out={out}"]
+    first = read_checkpoint(unlearn(args))["state_dict"]
+    states = read_checkpoint(out / "checkpoints" / "last.ckpt")["callbacks"]
+    best = [s["best_model_path"] for k, s in states.items() if "ResumePoint" not in k and s.get("best_model_path")]
+    assert best and all(os.path.isfile(p) for p in best), best  # the file the resumed run would export exists
+    # killed after the last epoch (even after the export): the rerun with --ckpt_path last exports the same model
+    again = read_checkpoint(unlearn([*args, "--ckpt_path=last", "--overwrite=true"]))["state_dict"]
+    assert all(torch.equal(v, again[k]) for k, v in first.items())
