@@ -71,7 +71,7 @@ TINY_DATA = ["--data.image_size=32", "--data.batch_size=8"]
 QUIET = ["--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.logger=false"]
 # full / quick trial counts
 TRIALS = {"dicom_corruptions": (320, 10), "manifest_fuzz": (320, 20), "kills": (20, 2), "disk_full": (40, 4),
-          "concurrent_out": (6, 1), "tampered_checkpoints": (None, None)}
+          "concurrent_out": (4, 1), "tampered_checkpoints": (None, None)}
 
 
 # --- bookkeeping ---------------------------------------------------------------------------------------------------

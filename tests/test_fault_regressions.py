@@ -220,3 +220,28 @@ def test_resume_point_records_an_existing_best_epoch(tiny_hospital, trained_ckpt
     # killed after the last epoch (even after the export): the rerun with --ckpt_path last exports the same model
     again = read_checkpoint(unlearn([*args, "--ckpt_path=last", "--overwrite=true"]))["state_dict"]
     assert all(torch.equal(v, again[k]) for k, v in first.items())
+
+
+# --- a bit flip in a value representation (US -> TS) escaped as NotImplementedError and stopped setup ------------
+def test_unknown_value_representation_is_a_dicom_error(tiny_hospital, tmp_path):
+    import pandas as pd
+
+    from medforget.datamodules.dicom_report import UnreadableImagesError
+    from medforget.datamodules.transforms import DicomError, LoadDicomd
+
+    df = pd.read_csv(tiny_hospital, dtype=str, keep_default_na=False)
+    data = (tiny_hospital.parent / df.at[0, "image_path"]).read_bytes()
+    tag = b"\x28\x00\x02\x00US"  # SamplesPerPixel, explicit VR little endian
+    assert tag in data
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(data.replace(tag, b"\x28\x00\x02\x00TS"))
+    with pytest.raises(DicomError, match="not a readable DICOM file") as err:
+        LoadDicomd("image")({"image": str(bad)})
+    assert str(bad) in str(err.value)
+    df.loc[0, "image_path"] = str(bad)
+    manifest = tmp_path / "manifest.csv"
+    df.assign(image_path=[str(bad)] + [str(tiny_hospital.parent / p) for p in df["image_path"][1:]]).to_csv(
+        manifest, index=False)
+    with pytest.raises(UnreadableImagesError) as err:
+        DicomReportDataModule(str(manifest), image_size=32).setup()
+    assert err.value.paths == [str(bad)]

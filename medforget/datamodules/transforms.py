@@ -307,9 +307,11 @@ class LoadDicomd(MapTransform):
         for key in self.key_iterator(d):
             try:
                 d[key] = read_dicom(str(d[key]), self.multiframe)[None]  # (1, H, W)
-            except DicomError as err:
+            except Exception as caught:  # noqa: BLE001 - pydicom also fails on malformed headers in unforeseen ways
+                err = caught if isinstance(caught, DicomError) else DicomError(
+                    f"{d[key]}: not a readable DICOM file ({_short(caught)})")  # e.g. a bit flip in a VR
                 if self.on_error == "raise":
-                    raise
+                    raise err from (caught.__cause__ if err is caught else caught)
                 d[f"{key}_error"] = str(err)
                 d[key] = np.zeros((1, 1, 1), np.float32)
         return d
