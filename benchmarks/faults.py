@@ -665,6 +665,9 @@ def campaign_kills(work: Path, setup: KillSetup, trials: int, seed: int, how: st
 
 
 def campaign_concurrent_out(work: Path, setup: KillSetup, trials: int, how: str) -> dict[str, Any]:
+    """A long ``unlearn`` holds ``--out``; a second one into it must be refused at once naming the lock. The first is
+    then SIGKILLed, which leaves its lock file behind: a third run must take the stale lock over (with a warning) and
+    complete."""
     from medforget.runlock import LOCK_NAME
 
     tally = Tally("concurrent_out")
@@ -672,42 +675,44 @@ def campaign_concurrent_out(work: Path, setup: KillSetup, trials: int, how: str)
     for i in range(trials):
         out = work / f"concurrent_{i:03d}"
         args = [*setup.unlearn_args, f"--out={out}"]
-        first = launch("unlearn", args, work / f"first_{i}.log", how)
-        deadline = time.monotonic() + 120
+        first = launch("unlearn", [*args, "--trainer.max_epochs=100000"], work / f"first_{i}.log", how)
+        deadline = time.monotonic() + 300
         while not (out / LOCK_NAME).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         start = time.perf_counter()
         second = launch("unlearn", [*args, "--overwrite=true"], work / f"second_{i}.log", how)
-        code2 = wait(second, 120)
+        code2 = wait(second, 300)
         refusal_seconds.append(time.perf_counter() - start)
-        code1 = wait(first, 900)
+        first_alive = _alive(first)
+        kill(first)
+        wait(first, 60)
         message = (work / f"second_{i}.log").read_text()
         complete, problem = exported_state(out)
-        ok_first = code1 == 0 and (out / "model.ckpt").is_file()
         if code2 != 0 and str(out / LOCK_NAME) in message and "in use by another medforget run" in message:
-            tally.add("clear_error", "second run", lost=not ok_first, partial=not complete,
-                      detail=f"first exit {code1}; {problem}")
+            tally.add("clear_error", "second run", partial=not complete, detail=problem)
         else:
-            tally.add("crash", "second run", f"second exit {code2}: {message[-800:]}", lost=not ok_first,
-                      partial=not complete)
-        # the same folder after a SIGKILL: the stale lock (a dead pid) is taken over with a warning
-        (out / LOCK_NAME).write_text(json.dumps({"pid": dead_pid(), "host": "h", "verb": "unlearn", "started": "-"}))
+            tally.add("crash", "second run", f"second exit {code2} (first still running: {first_alive}): "
+                                             f"{message[-800:]}", partial=not complete)
+        # the first run's lock file is still there (SIGKILL): the next run takes the stale lock over with a warning
+        stale = (out / LOCK_NAME).exists()
         code3 = wait(launch("unlearn", [*args, "--overwrite=true"], work / f"third_{i}.log", how), 900)
         third = (work / f"third_{i}.log").read_text()
-        if code3 == 0 and "taking over the stale lock" in third and not (out / LOCK_NAME).exists():
-            tally.add("ok", "stale lock")
+        complete, problem = exported_state(out)
+        if code3 == 0 and stale and "taking over the stale lock" in third and not (out / LOCK_NAME).exists():
+            tally.add("ok", "stale lock", partial=not complete, detail=problem)
         else:
-            tally.add("crash", "stale lock", f"exit {code3}: {third[-800:]}")
+            tally.add("crash", "stale lock", f"exit {code3}, lock left by the killed run: {stale}: {third[-800:]}",
+                      lost=code3 != 0, partial=not complete)
         shutil.rmtree(out, ignore_errors=True)
     changed = setup.changed_inputs()
     tally.counts["lost"] += len(changed)
     return tally.result(launcher=how, refusal_seconds_max=round(max(refusal_seconds, default=0.0), 2))
 
 
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+def _alive(proc: subprocess.Popen | int) -> bool:
+    if isinstance(proc, subprocess.Popen):
+        return proc.poll() is None
+    return os.waitpid(proc, os.WNOHANG)[0] == 0
 
 
 # --- disk_full -----------------------------------------------------------------------------------------------------
