@@ -28,3 +28,21 @@ def test_lm_chain_of_custody(tiny_lm_ckpt, tiny_retain_lm_ckpt, tmp_path):
     unlearned.write_bytes(bytes(data))
     failed = [c for c in verify(out) if not c.ok]
     assert failed and {c.path for c in failed} == {str(unlearned)}
+
+
+def test_lm_checkpoint_with_a_changed_shape_is_a_checkpoint_error(tiny_lm_ckpt, tmp_path):
+    """Found by the fault campaign: load_lm raised a bare RuntimeError (size mismatch) naming no file."""
+    import pytest
+    import torch
+
+    from medforget.checkpoint import CheckpointError
+    from medforget.llm.system import load_lm
+
+    ckpt = read_checkpoint(tiny_lm_ckpt)
+    name = next(k for k, v in ckpt["state_dict"].items() if v.ndim == 2)
+    ckpt["state_dict"][name] = torch.zeros(*[s + 1 for s in ckpt["state_dict"][name].shape])
+    path = tmp_path / "shape.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="do not match the architecture") as err:
+        load_lm(path)
+    assert str(path) in str(err.value)
