@@ -24,10 +24,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 import medforget
-from medforget.checkpoint import export_classifier
+from medforget.checkpoint import check_resume_checkpoint, export_classifier, sha256_file, write_sidecar
 from medforget.classifier import FusionClassifier
 from medforget.console import StageLine, interactive
 from medforget.datamodules.dicom_report import DicomReportDataModule
+from medforget.runlock import RunLock, releasing_locks
 from medforget.unlearning import UnlearningMethod
 from medforget.unlearning.selection import SCORE as SELECTION_SCORE
 
@@ -47,6 +48,8 @@ VERBS = {
                   "--forget)",
     "evaluate-lm": "the language-model audit: original / unlearned / retain-only models on TOFU metrics, identifier "
                    "extraction, membership attacks and the quantization attack (lm_audit.json, .md, .html)",
+    "verify": "the chain of custody: recompute the SHA-256 of an audit's files and of the checkpoints it audited; "
+              "non-zero exit naming any file that changed",
 }
 
 
@@ -61,17 +64,79 @@ def _quiet_lightning() -> None:
 RESUME_FILENAME = "latest-{epoch}-{step}"
 
 
+def _rng_state() -> dict[str, Any]:
+    """torch, numpy and Python random states, in types that ``torch.load(weights_only=True)`` reads back."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _train_samplers(trainer: Any) -> list[Any]:
+    """The samplers of the training loaders (one, or the forget and retain loaders of an unlearning run)."""
+    loaders = getattr(trainer, "train_dataloader", None) if trainer is not None else None
+    loaders = list(loaders.values()) if isinstance(loaders, dict) else (
+        list(loaders) if isinstance(loaders, (list, tuple)) else [loaders])
+    return [getattr(loader, "sampler", None) for loader in loaders if loader is not None]
+
+
 class ResumePoint(ModelCheckpoint):
     """The most recent epoch's state (``latest-*.ckpt``, linked as ``last.ckpt``): what ``--ckpt_path last``
-    resumes from. Its own state key, so it never collides with the configurable ``checkpoint`` callback."""
+    resumes from. Its own state key, so it never collides with the configurable ``checkpoint`` callback.
+
+    It also keeps the random state at the end of the epoch (torch, numpy, Python; and the shuffling generators of the
+    training loaders) and restores it when the next epoch starts after a resume, so that a resumed run draws the same
+    data order and dropout as an uninterrupted one and exports the same model."""
 
     def __init__(self, dirpath: str | Path) -> None:
         super().__init__(dirpath=dirpath, filename=RESUME_FILENAME, save_top_k=1, save_last="link",
                          enable_version_counter=False)
+        self._trainer: Any = None
+        self._restore: dict[str, Any] | None = None
 
     @property
     def state_key(self) -> str:
         return "medforget.ResumePoint"
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        generators = [getattr(s, "generator", None) for s in _train_samplers(self._trainer)]
+        return {**super().state_dict(), "rng": _rng_state(),
+                "generators": [g.get_state() if isinstance(g, torch.Generator) else None for g in generators]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        self._restore = {k: state_dict.pop(k) for k in ("rng", "generators") if k in state_dict}
+        super().load_state_dict(state_dict)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        restore, self._restore = self._restore, None
+        if not restore:
+            return
+        if "rng" in restore:
+            _set_rng_state(restore["rng"])
+        samplers = _train_samplers(trainer)
+        if len(samplers) == len(restore.get("generators", [])):
+            for sampler, state in zip(samplers, restore["generators"], strict=True):
+                if state is not None and isinstance(getattr(sampler, "generator", None), torch.Generator):
+                    sampler.generator.set_state(state)
 
 
 class _RunCLI(LightningCLI):
@@ -82,6 +147,7 @@ class _RunCLI(LightningCLI):
     """
 
     default_out = "runs/original"
+    verb = "train"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--out", type=str, default=self.default_out,
@@ -95,9 +161,24 @@ class _RunCLI(LightningCLI):
         parser.link_arguments("out", "checkpoint.dirpath", compute_fn=lambda out: str(Path(out) / "checkpoints"))
 
     def before_instantiate_classes(self) -> None:
+        # one run per --out: a second one is refused here, before anything is read or written; the verb's function
+        # (decorated with releasing_locks) releases it when it returns or raises
+        RunLock(self.config.out, self.verb).acquire()
         target = Path(self.config.out) / "model.ckpt"
         if target.exists() and not self.config.overwrite and self.config.ckpt_path is None:
             raise FileExistsError(f"{target} exists; pass --overwrite true to replace it (or choose another --out)")
+
+    def resume_path(self) -> str | None:
+        """``--ckpt_path``, checked first when it names a file (``last``: ``<out>/checkpoints/last.ckpt``), so that a
+        truncated, tampered or foreign checkpoint is refused naming the file (never unpickled with code)."""
+        path = self.config.ckpt_path
+        if path in (None, "best", "hpc", "registry"):
+            return path
+        file = Path(self.config.out) / "checkpoints" / "last.ckpt" if path == "last" else Path(path)
+        if path == "last" and not file.exists():
+            return path  # nothing to resume yet: Lightning warns and starts from the first epoch
+        check_resume_checkpoint(file, self.model)
+        return path
 
     def instantiate_trainer(self, **kwargs: Any):
         config = self._get(self.config_init, "trainer", default={}) or {}
@@ -117,6 +198,11 @@ class _RunCLI(LightningCLI):
             # an epoch in which another checkpoint was written, so the selection callback alone would not do)
             latest = ResumePoint(Path(self.config.out) / "checkpoints")
             kwargs["callbacks"] = [*callbacks, latest]
+            trainer = super().instantiate_trainer(**kwargs)
+            # last: the resume point must be written after the selection callback has saved this epoch's best, or it
+            # records a best-epoch file that the selection callback deletes next, and a resumed run cannot export
+            trainer.callbacks = [c for c in trainer.callbacks if c is not latest] + [latest]
+            return trainer
         return super().instantiate_trainer(**kwargs)
 
 
@@ -130,6 +216,7 @@ class TrainCLI(_RunCLI):
 
 class UnlearnCLI(_RunCLI):
     default_out = "runs/unlearned"
+    verb = "unlearn"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
@@ -163,6 +250,7 @@ def _data_provenance(dm: DicomReportDataModule) -> dict[str, Any]:
     }
 
 
+@releasing_locks
 def train(args: list[str] | None = None) -> Path:
     """``medforget train``: fit a FusionClassifier and export ``<out>/model.ckpt``."""
     _quiet_lightning()
@@ -172,7 +260,7 @@ def train(args: list[str] | None = None) -> Path:
         parser_kwargs={"prog": "medforget train", "description": VERBS["train"]},
     )
     start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
     seconds = time.perf_counter() - start
     target = Path(cli.config.out) / "model.ckpt"
     if cli.trainer.is_global_zero:
@@ -230,8 +318,10 @@ def _lm_data_provenance(dm: Any, base: dict[str, Any] | None = None) -> dict[str
 
 class TrainLMCLI(_LMRunCLI):
     default_out = "runs/lm"
+    verb = "train-lm"
 
 
+@releasing_locks
 def train_lm(args: list[str] | None = None) -> Path:
     """``medforget train-lm``: fit a :class:`~medforget.llm.system.ClinicalLM` and export ``<out>/model.ckpt``
     (and, with ``--export_hf DIR``, a Hugging Face directory)."""
@@ -245,7 +335,7 @@ def train_lm(args: list[str] | None = None) -> Path:
         parser_kwargs={"prog": "medforget train-lm", "description": VERBS["train-lm"]},
     )
     start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
     seconds = time.perf_counter() - start
     target = Path(cli.config.out) / "model.ckpt"
     if cli.trainer.is_global_zero:
@@ -263,6 +353,7 @@ def train_lm(args: list[str] | None = None) -> Path:
 
 class UnlearnLMCLI(_LMRunCLI):
     default_out = "runs/lm_unlearned"
+    verb = "unlearn-lm"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
@@ -321,6 +412,7 @@ def _method_args(args: list[str] | None, default: str) -> list[str]:
     return args
 
 
+@releasing_locks
 def unlearn_lm(args: list[str] | None = None) -> Path:
     """``medforget unlearn-lm``: apply a language-model unlearning method and export ``<out>/model.ckpt``."""
     import medforget.llm.methods  # noqa: F401  (registers the methods)
@@ -338,11 +430,12 @@ def unlearn_lm(args: list[str] | None = None) -> Path:
     original = getattr(method.lm, "provenance", {})
     cli.datamodule.setup("fit")  # a bad forget request fails here, before any training
     check_lm_data(original, cli.datamodule, cli.config.ckpt, forget_set=False)
+    parent_sha256 = sha256_file(cli.config.ckpt)
     target = Path(cli.config.out) / "model.ckpt"
     if Path(cli.config.ckpt).resolve() == target.resolve():
         raise FileExistsError(f"refusing to overwrite the input checkpoint {cli.config.ckpt} (choose another --out)")
     start = time.perf_counter()
-    cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
     seconds = time.perf_counter() - start
     if cli.trainer.is_global_zero:
         dm = cli.datamodule
@@ -352,6 +445,7 @@ def unlearn_lm(args: list[str] | None = None) -> Path:
             "method_hparams": {k: v for k, v in method.hparams.items() if not k.startswith("_")},
             "medforget_version": medforget.__version__,
             "source_checkpoint_kind": original.get("kind"),
+            "parent_sha256": parent_sha256,
             "data": _lm_data_provenance(dm, original.get("data", {})),
             "parts": dm.summary(),
             "epochs": cli.trainer.current_epoch,
@@ -361,6 +455,7 @@ def unlearn_lm(args: list[str] | None = None) -> Path:
     return target
 
 
+@releasing_locks
 def unlearn(args: list[str] | None = None) -> Path:
     """``medforget unlearn``: apply an unlearning method and export ``<out>/model.ckpt``."""
     _quiet_lightning()
@@ -376,8 +471,9 @@ def unlearn(args: list[str] | None = None) -> Path:
     original = getattr(method.classifier, "provenance", {})
     cli.datamodule.setup("fit")
     check_split(method.classifier, cli.datamodule, cli.config.ckpt)
+    parent_sha256 = sha256_file(cli.config.ckpt)
     start = time.perf_counter()
-    cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
     seconds = time.perf_counter() - start
     selected = _select_checkpoint(cli)
     target = Path(cli.config.out) / "model.ckpt"
@@ -390,6 +486,7 @@ def unlearn(args: list[str] | None = None) -> Path:
             "medforget_version": medforget.__version__,
             "split_fingerprint": original.get("split_fingerprint", dm.split_fingerprint),
             "source_checkpoint_kind": original.get("kind"),
+            "parent_sha256": parent_sha256,
             "forget_patients": dm.summary()["forget"]["patients"],
             "data": _data_provenance(dm),
             "unlearn_seconds": seconds,
@@ -413,12 +510,16 @@ def _select_checkpoint(cli: LightningCLI) -> dict[str, Any]:
         if monitor:
             log.warning("no %s was logged (the datamodule has no val patients?): exporting the last weights", monitor)
         return {"monitor": monitor, "selected": "last", "epoch": cli.trainer.current_epoch}
+    if not Path(best).is_file():
+        raise FileNotFoundError(f"the checkpoint of the selected epoch, {best}, is missing (deleted or moved?); rerun "
+                                f"without --ckpt_path, or with --checkpoint.monitor null to export the last epoch")
     state = torch.load(best, map_location="cpu", weights_only=True)
     cli.model.load_state_dict(state["state_dict"])
     return {"monitor": monitor, "selected": Path(best).name, "epoch": int(state["epoch"]),
             "score": float(callback.best_model_score), **state.get("medforget_selection", {})}
 
 
+@releasing_locks
 def evaluate(args: list[str] | None = None) -> dict[str, Any]:
     """``medforget evaluate``: the audit (``audit.json``, ``audit.md``, ``audit.html``, plots) of original / unlearned /
     retrained checkpoints, one or several runs (seeds)."""
@@ -465,6 +566,7 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any]:
                      f"{ {k: len(v) for k, v in given.items()} }")
     n_runs = sizes.pop()
     runs = [{k: v[i] for k, v in given.items()} for i in range(n_runs)]
+    RunLock(cfg.out, "evaluate").acquire()
     init = parser.instantiate_classes(cfg)
     audit_config, tolerances = init.audit, init.tolerances
     data_kwargs = cfg.data.as_dict()
@@ -482,6 +584,7 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any]:
         format_criteria(report["criteria"]) + "\n" + format_verdict(report) if report["criteria"] else "",
     ]))
     (out / "table.txt").write_text(table + "\n")
+    write_sidecar(out / "audit.json")  # the audit's own SHA-256, checked by `medforget verify`
     print(table)
     print(f"\nwrote {out / 'audit.json'}, {out / 'audit.md'}, {out / 'audit.html'}")
     return report
@@ -514,6 +617,7 @@ def demo(args: list[str] | None = None) -> dict[str, Any]:
     return run_demo(**cfg.as_dict())
 
 
+@releasing_locks
 def evaluate_lm(args: list[str] | None = None) -> dict[str, Any]:
     """``medforget evaluate-lm``: the language-model audit (``lm_audit.json``, ``lm_audit.md``, ``lm_audit.html``)
     of original / unlearned / retain-only checkpoints. The data settings default to the ones the original model was
@@ -563,6 +667,7 @@ def evaluate_lm(args: list[str] | None = None) -> dict[str, Any]:
             defaults["data.forget_fraction"] = fraction
     parser.set_defaults(defaults)
     cfg = parser.parse_args(args)
+    RunLock(cfg.out, "evaluate-lm").acquire()
     if cfg.forget:
         cfg.data.forget = cfg.forget
     init = parser.instantiate_classes(cfg)
@@ -575,13 +680,30 @@ def evaluate_lm(args: list[str] | None = None) -> dict[str, Any]:
     if report["criteria"]:
         table += "\n\n" + format_lm_criteria(report["criteria"]) + f"\nverdict: {report['verdict'].upper()}"
     (out / "table.txt").write_text(table + "\n")
+    write_sidecar(out / "lm_audit.json")  # the audit's own SHA-256, checked by `medforget verify`
     print(table)
     print(f"\nwrote {out / 'lm_audit.json'}, {out / 'lm_audit.md'}, {out / 'lm_audit.html'}")
     return report
 
 
+def verify(args: list[str] | None = None) -> list[Any]:
+    """``medforget verify AUDIT_DIR [CKPT ...]``: see :mod:`medforget.verify`."""
+    from medforget.verify import verify_or_raise
+
+    parser = ArgumentParser(prog="medforget verify", description=VERBS["verify"], default_env=False)
+    parser.add_argument("audit_dir", type=str, help="Directory of audit.json and/or lm_audit.json (with sidecars).")
+    parser.add_argument("checkpoints", type=str, nargs="*", default=[],
+                        help="Checkpoint files to check against the audit (default: the paths the audit recorded).")
+    cfg = parser.parse_args(args)
+    checks = verify_or_raise(cfg.audit_dir, cfg.checkpoints)
+    for check in checks:
+        print(f"OK  {check.path}: {check.message}")
+    print(f"verified {len(checks)} checks: nothing changed since the audit")
+    return checks
+
+
 COMMANDS = {"synth": synth, "train": train, "unlearn": unlearn, "evaluate": evaluate, "demo": demo,
-            "train-lm": train_lm, "unlearn-lm": unlearn_lm, "evaluate-lm": evaluate_lm}
+            "train-lm": train_lm, "unlearn-lm": unlearn_lm, "evaluate-lm": evaluate_lm, "verify": verify}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -605,7 +727,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     try:
         COMMANDS[verb](argv[1:])
-    except (FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError) as err:
         # errors we raise for bad input: one clear line, no traceback from deep inside
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         sys.exit(f"medforget {verb}: error: {message}")

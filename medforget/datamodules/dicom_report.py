@@ -385,10 +385,14 @@ class DicomReportDataModule(L.LightningDataModule):
     # --- loaders ------------------------------------------------------------------------------------------------
     def _loader(self, name: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
+        subset, batch_size = self.subset(name), batch_size or self.batch_size
         return DataLoader(
-            self.subset(name),
-            batch_size=batch_size or self.batch_size,
+            subset,
+            batch_size=batch_size,
             shuffle=shuffle,
+            # a last training batch of one image would stop BatchNorm ("expected more than 1 value per channel"); as
+            # the order is reshuffled every epoch, the image left out differs from epoch to epoch
+            drop_last=shuffle and len(subset) > 1 and len(subset) % batch_size == 1,
             num_workers=self.num_workers,
             generator=generator,
             persistent_workers=self.num_workers > 0,

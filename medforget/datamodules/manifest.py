@@ -32,13 +32,29 @@ class ManifestError(ValueError):
 
 
 def _read_table(path: Path) -> pd.DataFrame:
+    """The manifest as a table of strings; a file that is not a readable table is a :class:`ManifestError`."""
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
-        return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
-    raise ValueError(f"manifest {path}: unsupported format {path.suffix!r} (use .csv, .tsv or .parquet)")
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
+        raise ManifestError(path, [f"unsupported format {path.suffix!r} (use .csv, .tsv or .parquet)"])
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        with open(path, "rb") as f:
+            head = f.read(4)
+        # UTF-8 (a BOM is dropped) or UTF-16 with a BOM (Excel's "Unicode text"); anything else is an error
+        encoding = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
+                           encoding=encoding)
+    except UnicodeError as err:
+        where = f" (byte {err.start})" if isinstance(err, UnicodeDecodeError) else ""
+        raise ManifestError(path, [f"file encoding: not UTF-8 text{where}; save the manifest as UTF-8 "
+                                   f"(in Excel: 'CSV UTF-8')"]) from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as err:
+        message = " ".join(str(err).split())[:300]
+        raise ManifestError(path, [f"not a readable {suffix.lstrip('.')} table ({type(err).__name__}: "
+                                   f"{message})"]) from err
 
 
 def load_manifest(path: str | Path, num_classes: int, check_files: bool = True) -> pd.DataFrame:

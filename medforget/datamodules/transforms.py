@@ -419,9 +419,11 @@ class LoadDicomd(MapTransform):
             try:
                 img = read_dicom(str(d[key]), self.multiframe, self.channels)
                 d[key] = img[None] if img.ndim == 2 else img  # (C, H, W)
-            except DicomError as err:
+            except Exception as caught:  # noqa: BLE001 - pydicom also fails on malformed headers in unforeseen ways
+                err = caught if isinstance(caught, DicomError) else DicomError(
+                    f"{d[key]}: not a readable DICOM file ({_short(caught)})")  # e.g. a bit flip in a VR
                 if self.on_error == "raise":
-                    raise
+                    raise err from (caught.__cause__ if err is caught else caught)
                 d[f"{key}_error"] = str(err)
                 d[key] = np.zeros((self.channels, 1, 1), np.float32)
         return d

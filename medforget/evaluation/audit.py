@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import medforget
-from medforget.checkpoint import CheckpointError, load_classifier
+from medforget.checkpoint import CheckpointError, load_classifier, sha256_file, write_error
 from medforget.classifier import FusionClassifier
 from medforget.datamodules import keys
 from medforget.datamodules.dicom_report import DicomReportDataModule
@@ -295,6 +295,7 @@ def evaluate_models(
             artifacts.scores.setdefault(name, {})[attack] = result.scores
         results[name] = {
             "checkpoint": str(path),
+            "checkpoint_sha256": sha256_file(path),
             "provenance": getattr(model, "provenance", {}),
             "metrics": _metrics(outputs),
             "mia": mia,
@@ -808,6 +809,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as err:  # e.g. a full disk: name the file
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

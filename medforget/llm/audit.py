@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from medforget.checkpoint import sha256_file
 from medforget.datamodules.lm import ClinicalNotesDataModule
 from medforget.datamodules.splits import salted_hash
 from medforget.evaluation.audit import _fmt, _table, code_version, load_or_create_salt, write_json
@@ -200,7 +201,7 @@ def check_models(provenances: dict[str, dict[str, Any]], datamodule: ClinicalNot
 
 def _provenance_summary(provenance: dict[str, Any]) -> dict[str, Any]:
     keep = ("kind", "method", "method_hparams", "epochs", "fit_seconds", "unlearn_seconds", "quantization",
-            "medforget_version")
+            "medforget_version", "parent_sha256")
     return {k: provenance[k] for k in keep if k in provenance}
 
 
@@ -381,6 +382,8 @@ def run_lm_audit(
     for name, evaluation in evaluations.items():
         source = name.partition("@")[0]
         entry: dict[str, Any] = {"checkpoint": loaded[source][1],
+                                 "checkpoint_sha256": None if isinstance(models[source], ClinicalLM)
+                                 else sha256_file(models[source]),
                                  "provenance": _provenance_summary(getattr(loaded[source][0], "provenance", {}))}
         if "@" in name:
             entry["provenance"]["quantization"] = name.partition("@")[2]

@@ -305,7 +305,11 @@ def load_lm(path: str | Path) -> ClinicalLM:
     model = contextvars.Context().run(ClinicalLM, **{k: v for k, v in ckpt["hyper_parameters"].items()
                                                      if k in accepted})
     model.on_load_checkpoint(ckpt)
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:  # missing, unexpected or other-shaped weights
+        raise CheckpointError(f"{path}: weights do not match the architecture ({' '.join(str(err).split())[:400]})"
+                              ) from err
     model.provenance = dict(ckpt["medforget_lm"].get("provenance", {}))
     return model.eval()
 
