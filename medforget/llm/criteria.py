@@ -234,7 +234,7 @@ def judge(spec: CriterionSpec, gap: Gap | None, original: Gap | None, signed: Ga
         power.update(has_power=has_power(spec, od), original_value=_shown(spec, original.estimate),
                      original_ci95=_shown_interval(spec, od["ci95"]), original_verdict=od["verdict"])
     power["label"] = ("n/a (do-no-harm criterion: the original is its baseline)" if not spec.power_applies else
-                      "not measured (no original model)" if power["has_power"] is None else
+                      "not measured (no original model or no interval)" if power["has_power"] is None else
                       "yes" if power["has_power"] else NO_POWER)
     out["power"] = power
     out["counted"] = power["has_power"] is not False  # an unmeasurable (n/a) criterion counts: no PASS without it
