@@ -415,7 +415,8 @@ def measure(evaluations: Mapping[str, Any], probes: Any, scores: Mapping[str, Ma
     # SemEval-2025 Task 4 final score per model (retain-only included)
     if ret.semeval and scores and "loss" in next(iter(scores.values()), {}):
         out["semeval"] = {n: _semeval_gap(evaluations[n], scores[n]["loss"], w_member, w_nonmember, rs, utility,
-                                          w_qh) for n in evaluations if n in scores and "loss" in scores[n]}
+                                          w_qh) for n in evaluations
+                          if evaluations[n].semeval and n in scores and "loss" in scores[n]}  # not quantized copies
     return out
 
 

@@ -225,6 +225,19 @@ def test_measure_estimates_equal_the_plain_statistics():
     assert {c["criterion"] for c in checks} == {"forget_quality", "model_utility", "extraction", "privleak/loss"}
     assert all(c["verdict"] in (PASS, FAIL, INCONCLUSIVE) for c in checks)
 
+    # SemEval: scored for the full-precision models only (a quantized copy has no SemEval items)
+    for name in ("retain", "original", "unlearned"):
+        evaluations[name].semeval = {part: {"regurgitation": rng.uniform(0, 1, 4),
+                                            "regurgitation_patients": np.array(pats[:4]),
+                                            "knowledge": rng.integers(0, 2, 4).astype(float),
+                                            "knowledge_patients": np.array(pats[:4])}
+                                     for part, pats in (("forget", [0, 1, 2, 3]), ("retain", [10, 11, 12, 13]))}
+    evaluations["unlearned@int4"] = _evaluation(rng, 0.4, False)
+    scores["unlearned@int4"] = {"loss": (rng.normal(0, 1, 8), rng.normal(0, 1, 6))}
+    m = measure(evaluations, probes, scores, reps=100, seed=0)
+    assert set(m["semeval"]) == {"retain", "original", "unlearned"} and "unlearned@int4" in m["extraction"]
+    assert all(g.replicates.shape == (100,) for g in m["semeval"].values())
+
 
 # --- SemEval-2025 Task 4 -----------------------------------------------------------------------------------------
 def test_semeval_item_scores():
