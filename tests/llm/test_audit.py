@@ -108,7 +108,9 @@ def test_lm_audit_files_and_schema(audit):
     assert {c["criterion"] for c in written["criteria"]} == {
         "forget_quality", "model_utility", "extraction", "extraction/int8", "extraction/int4", f"privleak/{headline}"}
     for c in written["criteria"]:
-        assert c["verdict"] in ("pass", "inconclusive", "fail") and len(c["ci90"]) == len(c["ci95"]) == 2, c
+        assert len(c["ci90"]) == len(c["ci95"]) == 2, c
+        # the tiny retain-only model has no utility to keep (0): its ratio is not measurable, n/a
+        assert c["verdict"] in ("pass", "inconclusive", "fail") or c["criterion"] == "model_utility", c
         assert c["direction"] in ("under-unlearned", "over-unlearned", "indistinguishable", "below the retain-only "
                                   "level", "above the retain-only model", "below the retain-only model")
         assert c["power"]["has_power"] in (True, False, None)
