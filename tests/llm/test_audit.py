@@ -112,7 +112,7 @@ def test_lm_audit_files_and_schema(audit):
         # the tiny retain-only model has no utility to keep (0): its ratio is not measurable, n/a
         assert c["verdict"] in ("pass", "inconclusive", "fail") or c["criterion"] == "model_utility", c
         assert c["direction"] in ("under-unlearned", "over-unlearned", "indistinguishable", "below the retain-only "
-                                  "level", "above the retain-only model", "below the retain-only model")
+                                  "level", "above the retain-only model", "below the retain-only model", "n/a")
         assert c["power"]["has_power"] in (True, False, None)
     # the headline is chosen on the original and the retain-only model: an attack with power, if any has
     table = written["headline"]["attacks"]
@@ -176,9 +176,10 @@ def test_lm_audit_of_the_retain_model_against_itself(tiny_retain_lm_ckpt, tmp_pa
     assert unlearned["forget_quality"]["p_value"] == 1.0 and unlearned["forget_quality"]["statistic"] == 0.0
     assert all(a["privleak"] == 0.0 for a in unlearned["mia"].values())
     checks = {c["criterion"]: c["passed"] for c in report["criteria"]}
-    assert checks.pop("model_utility") in (True, None)  # None: the tiny retain-only model has no utility to keep
+    utility = checks.pop("model_utility")
+    assert utility in (True, None)  # None: the tiny retain-only model has no utility to keep
     assert checks == {"forget_quality": True, "extraction": True, "privleak/loss": True}  # Min-K% not run: LOSS
-    assert report["verdict"] == "pass"
+    assert report["verdict"] == ("pass" if utility else "inconclusive")  # an unmeasurable criterion blocks PASS
     assert all(c["power"]["has_power"] is None for c in report["criteria"])  # no original: power not measured
     assert "Δ unlearned − retain" in format_lm_table(report)
     assert not (tmp_path / "plots").exists()
