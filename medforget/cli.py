@@ -316,6 +316,9 @@ def unlearn(args: list[str] | None = None) -> Path:
             "data": _data_provenance(dm),
             "unlearn_seconds": seconds,
             "selection": selected,
+            # which forget patients checkpoint selection saw, as fraction and seed (the audit leaves them out)
+            "selection_split": {"fraction": dm.selection_fraction, "seed": dm.seed,
+                                "patients": dm.summary().get("forget_selection", {}).get("patients", 0)},
         })
     return target
 
@@ -347,7 +350,9 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any]:
         format_attacks,
         format_criteria,
         format_heads,
+        format_per_patient,
         format_table,
+        format_verdict,
         means,
         run_audit,
     )
@@ -395,7 +400,8 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any]:
         format_table(view) + ("" if n_runs == 1 else f"\n(mean of {n_runs} runs)"),
         format_heads(view),
         format_attacks(view) if any(m.get("mia") for m in view["models"].values()) else "",
-        format_criteria(report["criteria"]) + f"\nverdict: {report['verdict'].upper()}" if report["criteria"] else "",
+        format_per_patient(report),
+        format_criteria(report["criteria"]) + "\n" + format_verdict(report) if report["criteria"] else "",
     ]))
     (out / "table.txt").write_text(table + "\n")
     print(table)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from medforget.datamodules import keys
 from medforget.datamodules.manifest import load_manifest, manifest_hash
-from medforget.datamodules.splits import assign_splits, resolve_forget
+from medforget.datamodules.splits import assign_splits, resolve_forget, selection_patients
 from medforget.datamodules.transforms import DicomError, image_transforms
 
 Mode = Literal["train", "unlearn", "evaluate"]
@@ -159,6 +159,11 @@ class DicomReportDataModule(L.LightningDataModule):
             :class:`UnreadableImagesError` listing every such file and the element at fault; ``skip`` leaves their
             rows out of every part, logs their manifest row numbers (not paths, which often contain patient IDs; no
             report text) and lists their paths in :attr:`skipped_images`.
+        selection_fraction: Share of the forget patients (seeded, at least one; see
+            :func:`~medforget.datamodules.splits.selection_patients`) that ``unlearn``-mode checkpoint selection may
+            score; in ``evaluate`` mode they are left out of the ``forget`` part, so the audit never scores what
+            selection saw. 0: selection uses the retain sample and val patients only (needed for requests of fewer
+            than 3 patients). The audit takes it from the unlearned checkpoint.
     """
 
     def __init__(
@@ -180,6 +185,7 @@ class DicomReportDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         multiframe: Literal["first", "error"] = "first",
         on_bad_image: Literal["fail", "skip"] = "fail",
+        selection_fraction: float = 0.25,
     ) -> None:
         super().__init__()
         if mode == "unlearn" and forget is None:
@@ -210,6 +216,9 @@ class DicomReportDataModule(L.LightningDataModule):
         if on_bad_image not in ("fail", "skip"):
             raise ValueError(f"data.on_bad_image must be 'fail' or 'skip', got {on_bad_image!r}")
         self.on_bad_image = on_bad_image
+        if not 0.0 <= selection_fraction < 1.0:
+            raise ValueError(f"--data.selection_fraction must lie in [0, 1), got {selection_fraction}")
+        self.selection_fraction = selection_fraction
         self.skipped_images: list[str] = []
         self.df: pd.DataFrame | None = None
         self.indices: dict[str, np.ndarray] = {}
@@ -240,10 +249,15 @@ class DicomReportDataModule(L.LightningDataModule):
         if self.forget is not None:
             idx["forget"] = resolve_forget(self.forget, df["split"], df["patient_id"])
             idx["retain"] = np.setdiff1d(idx["train"], idx["forget"])
+            chosen = selection_patients(df.loc[idx["forget"], "patient_id"], self.selection_fraction, self.seed)
+            in_selection = np.isin(df.loc[idx["forget"], "patient_id"].astype(str).to_numpy(), chosen)
+            idx[keys.FORGET_SELECTION] = idx["forget"][in_selection]
+            if self.mode == "evaluate":  # the audit never scores what checkpoint selection saw
+                idx["forget"] = idx["forget"][~in_selection]
         self._check_parts(manifest, idx)  # before decoding any image
         needed = {
             "train": ("train", "val", "test"),
-            "unlearn": ("forget", "retain", "val"),
+            "unlearn": ("forget", "retain", "val"),  # forget_selection is a subset of forget
             "evaluate": ("forget", "retain", "train", "val", "test"),
         }[self.mode]
         rows = np.unique(np.concatenate([idx[k] for k in needed if k in idx]))
@@ -284,6 +298,8 @@ class DicomReportDataModule(L.LightningDataModule):
             self._check_parts(manifest, idx, after_skipping=True)
         if "forget" in idx:
             idx[keys.RETAIN_SAMPLE] = self._retain_sample(df, idx["retain"], idx["forget"])
+            if not len(idx[keys.FORGET_SELECTION]):
+                del idx[keys.FORGET_SELECTION]
         self._position = {int(r): p for p, r in enumerate(rows)}
         self._dataset = dataset
         self.indices = idx
@@ -388,8 +404,14 @@ class DicomReportDataModule(L.LightningDataModule):
         if not len(self.indices.get("val", [])):
             return []
         if self.mode == "unlearn":
-            return [self._loader(name, False) for name in keys.UNLEARN_VALIDATION_PARTS]
+            return [self._loader(name, False) for name in self.validation_parts]
         return self._loader("val", False)
+
+    @property
+    def validation_parts(self) -> tuple[str, ...]:
+        """The ``unlearn``-mode validation parts present, in dataloader order: :data:`keys.UNLEARN_VALIDATION_PARTS`
+        without the forget selection part when ``selection_fraction`` is 0."""
+        return tuple(p for p in keys.UNLEARN_VALIDATION_PARTS if len(self.indices.get(p, [])))
 
     def test_dataloader(self):
         return self._loader("test", False)

@@ -11,12 +11,14 @@ INDEX = "index"  # (B,) long, row of the manifest
 
 FORGET = "forget"
 RETAIN = "retain"
+FORGET_SELECTION = "forget_selection"  # forget patients that checkpoint selection may see (never audited)
 RETAIN_SAMPLE = "retain_sample"  # seeded sample of retain patients, validated in unlearn mode
 VAL = "val"
 
 # Validation dataloaders of the unlearn mode, in dataloader_idx order (checkpoint selection, see
-# medforget.unlearning.selection): the forget patients, a sample of retain patients and the held-out val patients.
-UNLEARN_VALIDATION_PARTS = (FORGET, RETAIN_SAMPLE, VAL)
+# medforget.unlearning.selection): the selection part of the forget patients (the audit scores only the others), a
+# sample of retain patients and the held-out val patients. Empty parts are left out (datamodule.validation_parts).
+UNLEARN_VALIDATION_PARTS = (FORGET_SELECTION, RETAIN_SAMPLE, VAL)
 
 # Set (with a blank image) only on items whose DICOM could not be read (image_transforms(on_error="mark")); the
 # datamodule lists those files at setup and keeps them out of every loader.

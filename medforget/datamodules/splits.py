@@ -133,3 +133,32 @@ def write_patient_ids(ids: Sequence[str], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(ids) + "\n")
     return path
+
+
+MIN_AUDIT_PATIENTS = 2  # forget patients the audit must keep when some are set aside for checkpoint selection
+
+
+def selection_patients(forget_patients: Sequence[str], fraction: float, seed: int = 0) -> list[str]:
+    """The forget patients that checkpoint selection may look at; the audit scores only the others.
+
+    Selecting the epoch on the same forget samples that the audit then attacks is a winner's curse, so a seeded
+    ``fraction`` of the request (at least one patient when ``fraction > 0``) is set aside for selection and never
+    audited. The draw depends only on the sorted patient IDs, the fraction and the seed, so the unlearn run and the
+    audit (which reads the fraction and seed from the unlearned checkpoint's provenance) agree without writing any ID.
+
+    Raises:
+        ValueError: ``fraction`` outside ``[0, 1)``, or too few patients to keep :data:`MIN_AUDIT_PATIENTS` for the
+            audit (the message names ``--data.selection_fraction``).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"--data.selection_fraction must lie in [0, 1), got {fraction}")
+    patients = sorted(set(map(str, forget_patients)))
+    if fraction == 0.0 or not patients:
+        return []
+    n = max(1, int(round(fraction * len(patients))))
+    if len(patients) - n < MIN_AUDIT_PATIENTS:
+        raise ValueError(
+            f"the forget request has {len(patients)} patient(s); --data.selection_fraction {fraction:g} sets {n} "
+            f"aside for checkpoint selection and the audit needs at least {MIN_AUDIT_PATIENTS} others: pass "
+            f"--data.selection_fraction 0 (checkpoint selection then uses the retain sample and val patients only)")
+    return sorted(np.random.default_rng(seed).choice(patients, size=n, replace=False).tolist())

@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -40,9 +40,12 @@ from medforget.classifier import FusionClassifier
 from medforget.datamodules import keys
 from medforget.datamodules.dicom_report import DicomReportDataModule
 from medforget.datamodules.splits import read_patient_ids, salted_hash
-from medforget.evaluation.mia import MembershipAttack
-from medforget.evaluation.mia.base import PARTS, AttackData, ci95, patient_bootstrap_aucs
+from medforget.evaluation.criteria import Draws, RunArtifacts, evaluate_criteria, model_values
+from medforget.evaluation.mia import LiRAAttack, MembershipAttack
+from medforget.evaluation.mia.base import PARTS, AttackData
+from medforget.evaluation.per_patient import per_patient_test
 from medforget.evaluation.utility import classification_metrics
+from medforget.evaluation.verdict import MIN_REPLICATES, NA, decide, interval, overall
 
 log = logging.getLogger("medforget")
 
@@ -67,6 +70,8 @@ class AuditConfig:
             halves of the retain patients (each patient in K // 2 of them). 0: off; they cost K trainings, so they
             are opt-in. Cached in ``<out>/reference_models``.
         reference_epochs: Epochs of each reference model (default: the original model's).
+        reference_dir: Cache of the reference models, shared by audits and requests (default
+            ``<out>/reference_models``); a cached set is reused when it excluded every patient of the request.
         quantization: Quantization schemes of the recovery attack (``int8``, ``int4``; empty: off).
         int4_group_size: Group size of the 4-bit round-to-nearest quantization.
         relearn_steps: Fine-tuning steps of the relearning attack (0: off).
@@ -74,21 +79,30 @@ class AuditConfig:
         relearn_fraction: Share of the forget patients the relearning attack fine-tunes on (at least one patient);
             accuracy is measured on the other forget patients.
         seed: Seed of the attacks (folds, relearning split, reference design, bootstrap).
-        bootstrap: Patient-level bootstrap resamples for the 95% intervals of every attack AUC and of its gap to the
-            retrained model (0: off). With few forget patients the intervals are wide: read the pass/fail with them.
+        bootstrap: Paired patient-bootstrap resamples behind every interval and verdict (at least 2,000; 0: off, and
+            then no criterion is judged: a gap without its interval is not a verdict).
+        lira_variance: LiRA's OUT variance: ``pooled`` over all samples (robust with few reference models) or
+            ``per_sample`` (needs ``reference_models`` >= 4, so that every sample has 2 OUT models).
+        per_patient_alpha: Level of the per-patient forgetting test (runs with ``reference_models``): a forget patient
+            whose p-value is below it still looks like a member.
+        per_patient_permutations: Random patient sets of the request's combined permutation test.
         plots: Write ROC curves, score histograms and robustness plots (PNG, embedded in audit.html).
     """
 
     attacks: list[str] | None = None
     reference_models: int = 0
     reference_epochs: int | None = None
+    reference_dir: str | None = None
     quantization: list[str] = field(default_factory=lambda: ["int8", "int4"])
     int4_group_size: int = 32
     relearn_steps: int = 10
     relearn_lr: float = 5e-4
     relearn_fraction: float = 0.3
     seed: int = 0
-    bootstrap: int = 200
+    bootstrap: int = MIN_REPLICATES
+    lira_variance: Literal["pooled", "per_sample"] = "pooled"
+    per_patient_alpha: float = 0.05
+    per_patient_permutations: int = 10000
     plots: bool = True
 
     def __post_init__(self) -> None:
@@ -113,6 +127,18 @@ class AuditConfig:
             raise ValueError(f"audit.relearn_fraction must lie in (0, 1], got {self.relearn_fraction}")
         if self.relearn_steps < 0 or self.reference_models < 0 or self.bootstrap < 0:
             raise ValueError("audit.relearn_steps, audit.reference_models and audit.bootstrap must be >= 0")
+        if 0 < self.bootstrap < MIN_REPLICATES:
+            raise ValueError(f"--audit.bootstrap {self.bootstrap}: intervals need at least {MIN_REPLICATES} resamples "
+                             f"(0 turns them off, and with them every verdict)")
+        if self.lira_variance not in ("pooled", "per_sample"):
+            raise ValueError(f"--audit.lira_variance must be 'pooled' or 'per_sample', got {self.lira_variance!r}")
+        if self.lira_variance == "per_sample" and self.reference_models < 4:
+            raise ValueError(f"--audit.lira_variance per_sample needs --audit.reference_models >= 4 (each retain "
+                             f"sample must be OUT for 2 models); got {self.reference_models}")
+        if not 0.0 < self.per_patient_alpha < 1.0:
+            raise ValueError(f"--audit.per_patient_alpha must lie in (0, 1), got {self.per_patient_alpha}")
+        if self.per_patient_permutations < 100:
+            raise ValueError(f"--audit.per_patient_permutations must be >= 100, got {self.per_patient_permutations}")
 
     def attack_names(self) -> list[str]:
         if self.attacks is not None:
@@ -181,13 +207,6 @@ def _metrics(outputs: dict[str, dict]) -> dict[str, dict[str, dict[str, float]]]
 
 
 # --- one run -------------------------------------------------------------------------------------------------------
-@dataclass
-class RunArtifacts:
-    """In-memory extras of a run for the plots: per model and attack, the per-part scores."""
-
-    scores: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
-
-
 def evaluate_models(
     checkpoints: dict[str, str | Path],
     datamodule: DicomReportDataModule,
@@ -197,6 +216,7 @@ def evaluate_models(
     data_kwargs: dict[str, Any] | None = None,
     reference_dir: str | Path | None = None,
     artifacts: RunArtifacts | None = None,
+    salt: str | None = None,
 ) -> dict[str, Any]:
     """One run of the audit: utility per part and head, membership attacks, robustness, gaps to the retrained model.
 
@@ -208,8 +228,9 @@ def evaluate_models(
         accelerator: Lightning accelerator for prediction.
         config: What else to measure; ``None``: utility and attacks only (no robustness, no reference models).
         data_kwargs: Data options (needed to train reference models).
-        reference_dir: Cache directory of the reference models.
-        artifacts: Filled with per-sample attack scores (for plots) if given.
+        reference_dir: Cache directory of the reference models (``config.reference_dir`` wins).
+        artifacts: Filled with the per-sample outputs (intervals, plots) if given.
+        salt: Salt of the patient hashes that list the per-patient test.
     """
     datamodule.setup("predict")
     loaders = datamodule.evaluation_dataloaders()
@@ -219,89 +240,125 @@ def evaluate_models(
     if not has_parts:
         log.warning("membership attacks need forget, retain, val and test patients; skipping them")
         names = []
+    artifacts = artifacts if artifacts is not None else RunArtifacts()
+    artifacts.request = str(datamodule.forget)
+    ids: dict[str, np.ndarray] = {}  # patient ID of each sample per part (in memory only)
 
     references: list[dict[str, torch.Tensor]] = []
     reference_members: list[dict[str, torch.Tensor]] = []
-    if names and any(MembershipAttack.registry[a].opt_in for a in names):
-        if config is None or config.reference_models < 2 or "original" not in checkpoints:
-            raise ValueError("LiRA/RMIA need --audit.reference_models K (K >= 2) and the --original checkpoint")
+    wants_references = config is not None and config.reference_models >= 2 and has_parts
+    if names and any(MembershipAttack.registry[a].opt_in for a in names) and not wants_references:
+        raise ValueError("LiRA/RMIA need --audit.reference_models K (K >= 2)")
+    if wants_references:
+        if "original" not in checkpoints:
+            raise ValueError("reference models (--audit.reference_models) are trained with the original model's "
+                             "recipe: pass --original")
         from medforget.evaluation.reference_models import train_reference_models
 
-        paths, design, retain_patients = train_reference_models(
+        paths, in_sets = train_reference_models(
             checkpoints["original"], datamodule, data_kwargs or {}, config.reference_models,
-            reference_dir or Path(tempfile.mkdtemp(prefix="medforget-ref-")), config.reference_epochs, config.seed,
-            accelerator)
-        position = {p: i for i, p in enumerate(retain_patients)}
-        for k, path in enumerate(paths):
-            model = load_classifier(path)
-            outs = {part: predict(model, loaders[part], trainer) for part in PARTS}
+            config.reference_dir or reference_dir or Path(tempfile.mkdtemp(prefix="medforget-ref-")),
+            config.reference_epochs, config.seed, accelerator)
+        for path, trained_on in zip(paths, in_sets, strict=True):
+            outs = {part: predict(load_classifier(path), loaders[part], trainer) for part in PARTS}
             references.append({part: o["logits"]["fused"] for part, o in outs.items()})
             members = {}
             for part, o in outs.items():
-                if part == "retain":
-                    patients = datamodule.df.loc[o[keys.INDEX].numpy(), "patient_id"]
-                    members[part] = torch.tensor([bool(design[k, position[p]]) for p in patients])
-                else:
-                    members[part] = torch.zeros(len(o[keys.LABEL]), dtype=torch.bool)
+                patients = datamodule.df.loc[o[keys.INDEX].numpy(), "patient_id"].to_numpy()
+                members[part] = torch.tensor([p in trained_on for p in patients], dtype=torch.bool)
             reference_members.append(members)
 
-    artifacts = artifacts if artifacts is not None else RunArtifacts()
     results: dict[str, Any] = {}
     models: dict[str, FusionClassifier] = {}
-    groups: dict[str, np.ndarray] = {}
     for name, path in checkpoints.items():
         model = load_classifier(path)
         check_split(model, datamodule, path)
         models[name] = model
         outputs = {part: predict(model, loader, trainer) for part, loader in loaders.items()}
-        for part in ("forget", "test"):
-            if part in outputs and part not in groups:  # patient of each sample, as integer codes (no IDs kept)
-                ids = datamodule.df.loc[outputs[part][keys.INDEX].numpy(), "patient_id"].to_numpy()
-                groups[part] = np.unique(ids, return_inverse=True)[1]
+        for part, out in outputs.items():
+            if part not in ids:  # the patient of each sample, kept as integer codes in the artifacts
+                ids[part] = datamodule.df.loc[out[keys.INDEX].numpy(), "patient_id"].astype(str).to_numpy()
+                artifacts.groups[part] = np.unique(ids[part], return_inverse=True)[1].reshape(-1)
+                artifacts.labels[part] = out[keys.LABEL].numpy()
+        artifacts.logits[name] = {p: outputs[p]["logits"]["fused"].double().numpy() for p in ("forget", "test")
+                                  if p in outputs}
         mia = {}
-        if names:
+        data = None
+        if names or references:
             data = AttackData({p: (outputs[p]["logits"]["fused"], outputs[p][keys.LABEL]) for p in PARTS},
-                              references, reference_members)
-            for attack in names:
-                result = MembershipAttack.registry[attack]().run(data)
-                mia[attack] = result.metrics
-                artifacts.scores.setdefault(name, {})[attack] = result.scores
+                              references, reference_members, {p: artifacts.groups[p] for p in PARTS})
+        for attack in names:
+            result = _attack(attack, config).run(data)
+            mia[attack] = result.metrics
+            artifacts.scores.setdefault(name, {})[attack] = result.scores
         results[name] = {
             "checkpoint": str(path),
             "provenance": getattr(model, "provenance", {}),
             "metrics": _metrics(outputs),
             "mia": mia,
         }
+        if references and data is not None:
+            results[name]["per_patient"] = _per_patient(data, ids, config, salt)
     if config is not None:
-        _robustness(results, models, datamodule, loaders, config)
-    bootstrap = {}
+        _robustness(results, models, datamodule, loaders, config, artifacts)
     if names and config is not None and config.bootstrap > 0:
-        bootstrap = _bootstrap(results, artifacts, groups, names, config)
+        _attack_intervals(results, artifacts, config)
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "data": {"manifest_sha256": datamodule.dataset_hash(), "parts": datamodule.summary()},
+        "data": {"manifest_sha256": datamodule.dataset_hash(), "parts": datamodule.summary(),
+                 "selection_fraction": datamodule.selection_fraction},
         "models": results,
     }
     if REFERENCE in results:
         report["gaps_to_retrained"] = {
             name: _gaps(res, results[REFERENCE]) for name, res in results.items() if name != REFERENCE
         }
-        for name, gaps in report["gaps_to_retrained"].items():
-            for attack, values in bootstrap.items():
-                gaps["mia"][attack]["auc_ci95"] = ci95(values[name] - values[REFERENCE])
+        if names and config is not None and config.bootstrap > 0:
+            _gap_intervals(report["gaps_to_retrained"], artifacts, config)
     return report
 
 
-def _bootstrap(results: dict[str, Any], artifacts: RunArtifacts, groups: dict[str, np.ndarray], names: list[str],
-               config: AuditConfig) -> dict[str, dict[str, np.ndarray]]:
-    """Patient-level bootstrap AUCs of every attack and model (paired across models); adds ``auc_ci95``."""
-    out = {}
-    for attack in names:
-        scores = {m: (artifacts.scores[m][attack]["forget"], artifacts.scores[m][attack]["test"]) for m in results}
-        out[attack] = patient_bootstrap_aucs(scores, groups["forget"], groups["test"], config.bootstrap, config.seed)
-        for m in results:
-            results[m]["mia"][attack]["auc_ci95"] = ci95(out[attack][m])
-    return out
+def _attack(name: str, config: AuditConfig | None) -> MembershipAttack:
+    if name == "LiRAAttack" and config is not None:
+        return LiRAAttack(global_variance=config.lira_variance == "pooled")
+    return MembershipAttack.registry[name]()
+
+
+def _per_patient(data: AttackData, ids: dict[str, np.ndarray], config: AuditConfig, salt: str | None
+                 ) -> dict[str, Any]:
+    """The per-patient forgetting test of one model (:mod:`medforget.evaluation.per_patient`): offline LiRA
+    statistics of the forget patients against the val and test patients'."""
+    scores = LiRAAttack(global_variance=True).scores(data)
+    null_scores = np.concatenate([scores["val"].numpy(), scores["test"].numpy()])
+    null_groups = np.concatenate([np.char.add("v:", ids["val"]), np.char.add("t:", ids["test"])])
+
+    def name(patient: str) -> str:
+        return salted_hash(patient, salt) if salt is not None else "(unsalted)"
+
+    return per_patient_test(scores["forget"].numpy(), ids["forget"], null_scores, null_groups,
+                            config.per_patient_permutations, config.per_patient_alpha, config.seed, name)
+
+
+def _attack_intervals(results: dict[str, Any], artifacts: RunArtifacts, config: AuditConfig) -> None:
+    """95% intervals of every model's attack AUCs, per study (``auc_ci95``) and per patient (``patient_auc_ci95``)."""
+    draws = Draws(artifacts, config.bootstrap, config.seed)
+    for name in results:
+        values = model_values(artifacts, name, draws)
+        for attack, metrics in results[name]["mia"].items():
+            metrics["auc_ci95"] = interval(values[f"mia_study/{attack}"][1], 0.95)
+            metrics["patient_auc_ci95"] = interval(values[f"mia/{attack}"][1], 0.95)
+
+
+def _gap_intervals(gaps: dict[str, Any], artifacts: RunArtifacts, config: AuditConfig) -> None:
+    """95% intervals of the attack-AUC gaps to the retrained model (paired patient bootstrap)."""
+    draws = Draws(artifacts, config.bootstrap, config.seed)
+    reference = model_values(artifacts, REFERENCE, draws)
+    for name, node in gaps.items():
+        values = model_values(artifacts, name, draws)
+        for attack, metrics in node["mia"].items():
+            metrics["auc_ci95"] = interval(values[f"mia_study/{attack}"][1] - reference[f"mia_study/{attack}"][1],
+                                           0.95)
+            metrics["patient_auc_ci95"] = interval(values[f"mia/{attack}"][1] - reference[f"mia/{attack}"][1], 0.95)
 
 
 def _forget_split(datamodule: DicomReportDataModule, fraction: float, seed: int) -> tuple[Subset, Subset, int, int]:
@@ -319,7 +376,7 @@ def _forget_split(datamodule: DicomReportDataModule, fraction: float, seed: int)
 
 
 def _robustness(results: dict[str, Any], models: dict[str, FusionClassifier], datamodule: DicomReportDataModule,
-                loaders: dict[str, DataLoader], config: AuditConfig) -> None:
+                loaders: dict[str, DataLoader], config: AuditConfig, artifacts: RunArtifacts) -> None:
     from medforget.evaluation.mia import LossAttack
     from medforget.evaluation.robustness import (
         predict_plain,
@@ -334,6 +391,7 @@ def _robustness(results: dict[str, Any], models: dict[str, FusionClassifier], da
         for name, model in models.items():
             quantized = quantize_model(model, scheme, config.int4_group_size)
             outs = {part: predict_plain(quantized, loaders[part]) for part in ("forget", "test")}
+            artifacts.quantized.setdefault(name, {})[scheme] = outs["forget"]["logits"]["fused"].double().numpy()
             entry: dict[str, Any] = {"metrics": {p: classification_metrics(o["logits"]["fused"], o[keys.LABEL])
                                                  for p, o in outs.items()}}
             loss = LossAttack()
@@ -361,9 +419,15 @@ def _robustness(results: dict[str, Any], models: dict[str, FusionClassifier], da
         attack_loader = DataLoader(attack_part, batch_size=datamodule.batch_size, shuffle=False)
         eval_loader = DataLoader(held_part, batch_size=datamodule.batch_size, shuffle=False)
         for name, model in models.items():
+            final: dict[str, Any] = {}
             curve = relearning_attack(model, attack_loader, eval_loader, config.relearn_steps, config.relearn_lr,
-                                      config.seed)
+                                      config.seed, final=final)
             results[name]["relearning"] = {"attack_patients": n_attack, "eval_patients": n_held, **curve}
+            artifacts.relearned[name] = final["logits"]["fused"].double().numpy()
+            if artifacts.relearn_groups is None:
+                patients = datamodule.df.loc[final[keys.INDEX].numpy(), "patient_id"].astype(str).to_numpy()
+                artifacts.relearn_groups = np.unique(patients, return_inverse=True)[1].reshape(-1)
+                artifacts.relearn_labels = final[keys.LABEL].numpy()
 
 
 def _gaps(result: dict, reference: dict) -> dict:
@@ -375,7 +439,8 @@ def _gaps(result: dict, reference: dict) -> dict:
         }
     for attack, values in result["mia"].items():
         gaps["mia"][attack] = {k: values[k] - reference["mia"][attack][k]
-                               for k in ("auc", "tpr@1%fpr", "tpr@0.1%fpr", "member_rate")}
+                               for k in ("auc", "patient_auc", "patient_max_auc", "tpr@1%fpr", "tpr@0.1%fpr",
+                                         "member_rate")}
     if "relearning" in result and "relearning" in reference:
         gaps["relearning"] = {"final_accuracy": result["relearning"]["accuracy"][-1]
                               - reference["relearning"]["accuracy"][-1]}
@@ -423,46 +488,29 @@ def mean_of(summary: dict, *path: str) -> float:
     return float(node["mean"]) if isinstance(node, dict) and "mean" in node else float("nan")
 
 
-def criteria(summary: dict, tolerances: Tolerances, timing: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Pass/fail of the unlearned model against the retrained one, per criterion (mean over runs)."""
-    out: list[dict[str, Any]] = []
-    models = summary.get("models", {})
-    if "unlearned" not in models or REFERENCE not in models:
-        return out
-
-    def add(name: str, description: str, value: float, tolerance: float, interval: list | None = None) -> None:
-        passed = None if math.isnan(value) else bool(value <= tolerance + 1e-12)
-        entry = {"criterion": name, "description": description, "value": value, "tolerance": tolerance,
-                 "passed": passed}
-        if interval is not None:
-            entry["gap_ci95"] = interval
-        out.append(entry)
-
-    gaps = summary.get("gaps_to_retrained", {}).get("unlearned", {})
-    for attack in models["unlearned"].get("mia", {}):
-        gap = mean_of(models, "unlearned", "mia", attack, "auc") - mean_of(models, REFERENCE, "mia", attack, "auc")
-        interval = gaps.get("mia", {}).get(attack, {}).get("auc_ci95")
-        add(f"mia/{attack}", f"|{attack} AUC on the forget set: unlearned - retrained|", abs(gap),
-            tolerances.mia_auc_gap, interval if isinstance(interval, list) else None)
-    for metric, tol in (("accuracy", tolerances.forget_accuracy_gap), ("auc", tolerances.forget_auc_gap)):
-        gap = (mean_of(models, "unlearned", "metrics", "forget", "fused", metric)
-               - mean_of(models, REFERENCE, "metrics", "forget", "fused", metric))
-        add(f"forget_{metric}", f"|forget {metric} (fused head): unlearned - retrained|", abs(gap), tol)
-    drop = (mean_of(models, REFERENCE, "metrics", "test", "fused", "auc")
-            - mean_of(models, "unlearned", "metrics", "test", "fused", "auc"))
-    add("test_auc_drop", "test AUC (fused head) lost: retrained - unlearned", drop, tolerances.test_auc_drop)
-    for scheme in models["unlearned"].get("quantization", {}):
-        value = mean_of(models, "unlearned", "quantization", scheme, "recovered_fraction", "forget_accuracy")
-        add(f"quantization/{scheme}", f"share of the forgotten forget accuracy recovered by {scheme} quantization",
-            value, tolerances.quantization_recovery)
-    if "relearning" in models["unlearned"] and "relearning" in models[REFERENCE]:
-        u, r = models["unlearned"]["relearning"]["accuracy"], models[REFERENCE]["relearning"]["accuracy"]
-        add("relearning", "forget accuracy after the relearning attack: unlearned - retrained", u[-1] - r[-1],
-            tolerances.relearn_accuracy_gap)
-    if tolerances.time_ratio is not None and timing:
-        add("time_ratio", "unlearning / retraining wall time", timing.get("ratio", {}).get("mean", float("nan")),
-            tolerances.time_ratio)
+def criteria(run_artifacts: list[RunArtifacts], tolerances: Tolerances, config: AuditConfig,
+             timing: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The three-way verdict of every criterion (:mod:`medforget.evaluation.criteria`) over the runs, plus the time
+    ratio when a tolerance is set for it (a measured wall time, judged on its mean: it has no patient interval)."""
+    out = evaluate_criteria(run_artifacts, tolerances, config.bootstrap, config.seed)
+    if tolerances.time_ratio is not None and timing and out:
+        value = timing.get("ratio", {}).get("mean", float("nan"))
+        verdict = NA if math.isnan(value) else ("pass" if value <= tolerances.time_ratio else "fail")
+        out.append({"criterion": "time_ratio", "description": "unlearning / retraining wall time (measured)",
+                    **decide(value, None, tolerances.time_ratio, "upper"), "verdict": verdict,
+                    "reason": "a measured time, compared directly", "power": None, "has_power": None,
+                    "counted": verdict != NA, "noise_floor": None, "runs": len(run_artifacts)})
     return out
+
+
+def verdict_of(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The overall verdict over the counted criteria, with how many had power and the verdict counts."""
+    counted = [c for c in checks if c.get("counted")]
+    without_power = [c["criterion"] for c in checks if c.get("has_power") is False]
+    verdict = overall([c["verdict"] for c in counted])
+    counts = {v: sum(c["verdict"] == v for c in counted) for v in ("pass", "inconclusive", "fail")}
+    return {"verdict": verdict, "counted": len(counted), "criteria": len(checks), "no_power": without_power,
+            "counts": counts}
 
 
 def _timing(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -557,24 +605,25 @@ def run_audit(
     if len(forget) not in (1, len(runs)):
         raise ValueError(f"give one forget request for all runs or one per run; got {len(forget)} for {len(runs)} runs")
     requests = [str(f) for f in forget] * len(runs) if len(forget) == 1 else [str(f) for f in forget]
+    data_kwargs = {**data_kwargs, "selection_fraction": _selection_fraction(runs, data_kwargs)}
+    datamodules: dict[str, DicomReportDataModule] = {}
+    for request in dict.fromkeys(requests):  # every request is checked before anything is written
+        datamodules[request] = DicomReportDataModule(**{**data_kwargs, "mode": "evaluate", "forget": request})
+        datamodules[request].setup("predict")
     salt = load_or_create_salt(salt_file or out / "private" / "salt")
     run_reports, artifacts = [], []
     start = time.perf_counter()
-    datamodule = None
     for i, (checkpoints, request) in enumerate(zip(runs, requests, strict=True)):
-        if datamodule is None or datamodule.forget != request:
-            datamodule = DicomReportDataModule(**{**data_kwargs, "mode": "evaluate", "forget": request})
         art = RunArtifacts()
         print(f"auditing run {i + 1}/{len(runs)}: {', '.join(checkpoints)}", flush=True)
-        run_reports.append(evaluate_models(checkpoints, datamodule, accelerator=accelerator, config=config,
-                                           data_kwargs=data_kwargs, reference_dir=out / "reference_models" / f"run{i}",
-                                           artifacts=art))
+        run_reports.append(evaluate_models(checkpoints, datamodules[request], accelerator=accelerator, config=config,
+                                           data_kwargs=data_kwargs, reference_dir=out / "reference_models",
+                                           artifacts=art, salt=salt))
         artifacts.append(art)
     summary = aggregate([{k: r[k] for k in ("models", "gaps_to_retrained") if k in r} for r in run_reports])
     timing = _timing(run_reports)
-    checks = criteria(summary, tolerances, timing)
-    evaluated = [c["passed"] for c in checks if c["passed"] is not None]
-    verdict = "n/a" if not evaluated else ("pass" if all(evaluated) else "fail")
+    checks = criteria(artifacts, tolerances, config, timing)
+    decision = verdict_of(checks)
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -586,12 +635,39 @@ def run_audit(
         "summary": summary,
         "timing": timing,
         "criteria": checks,
-        "verdict": verdict,
+        "verdict": decision["verdict"],
+        "verdict_detail": decision,
+        "per_patient": [{m: r["models"][m]["per_patient"] for m in r["models"] if "per_patient" in r["models"][m]}
+                        for r in run_reports],
         "audit_seconds": time.perf_counter() - start,
     }
     write_json(report, out / "audit.json")
     write_report(report, artifacts[0], out, plots=config.plots)
     return report
+
+
+def _selection_fraction(runs: list[dict[str, str | Path]], data_kwargs: dict[str, Any]) -> float:
+    """The forget patients set aside for checkpoint selection are never audited: their share comes from the unlearned
+    checkpoints' provenance (all runs must agree), else from ``--data.selection_fraction``."""
+    from medforget.checkpoint import read_checkpoint
+
+    recorded = set()
+    for run in runs:
+        if "unlearned" in run:
+            split = read_checkpoint(run["unlearned"]).get("medforget", {}).get("provenance", {}).get("selection_split")
+            if split is not None:
+                recorded.add(float(split["fraction"]))
+    if len(recorded) > 1:
+        raise ValueError(f"the unlearned checkpoints set aside different shares of the forget patients for checkpoint "
+                         f"selection ({sorted(recorded)}); audit them separately")
+    given = float(data_kwargs.get("selection_fraction", 0.25))
+    if recorded:
+        fraction = recorded.pop()
+        if fraction != given:
+            log.info("auditing without the %.2f of the forget patients that checkpoint selection saw (from the "
+                     "unlearned checkpoint; --data.selection_fraction %.2f ignored)", fraction, given)
+        return fraction
+    return given
 
 
 # --- console -------------------------------------------------------------------------------------------------------
@@ -661,15 +737,61 @@ def format_attacks(report: dict[str, Any]) -> str:
     return _table(["attack AUC (forget vs test)", *models], rows)
 
 
-def format_criteria(checks: list[dict[str, Any]]) -> str:
-    """One line per criterion: PASS / FAIL / n/a, value and tolerance."""
-    def interval(c: dict) -> str:
-        ci = c.get("gap_ci95")
-        return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if isinstance(ci, list) and None not in ci else ""
+def _ci(ci: Any) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if isinstance(ci, list) and ci and None not in ci and not any(
+        math.isnan(x) for x in ci) else "n/a"
 
-    rows = [[c["criterion"], _fmt(c["value"]), f"<= {c['tolerance']:.3f}",
-             "n/a" if c["passed"] is None else ("PASS" if c["passed"] else "FAIL"), interval(c)] for c in checks]
-    return _table(["criterion", "value", "tolerance", "result", "gap 95% interval"], rows)
+
+def format_criteria(checks: list[dict[str, Any]]) -> str:
+    """One line per criterion: the signed gap with its 90% and 95% intervals, the tolerance, the noise floor, the
+    original's gap (power) and the verdict; the reasons of INCONCLUSIVE results below."""
+    rows = []
+    for c in checks:
+        tol = f"±{c['tolerance']:.3f}" if c.get("sided") == "two-sided" else f"<= {c['tolerance']:.3f}"
+        power = c.get("power")
+        power_cell = "" if power is None else (_fmt(power["estimate"], True) + ("" if c.get("has_power")
+                                                                                else " no power"))
+        floor = c.get("noise_floor")
+        result = c["verdict"].upper() + ("" if c.get("counted") else " (not counted)")
+        rows.append([c["criterion"], _fmt(c["estimate"], True), c.get("direction") or "", _ci(c.get("ci90")),
+                     _ci(c.get("ci95")), tol, "" if floor is None else f"{floor:.3f}", power_cell, result])
+    table = _table(["criterion", "gap", "direction", "90% interval", "95% interval", "tolerance", "noise floor",
+                    "original", "verdict"], rows)
+    notes = [f"  {c['criterion']}: {c['reason']}" for c in checks if c["verdict"] == "inconclusive"]
+    return table + ("\n" + "\n".join(notes) if notes else "")
+
+
+def format_verdict(report: dict[str, Any]) -> str:
+    """The overall verdict and what it rests on."""
+    d = report.get("verdict_detail", {})
+    if not d:
+        return f"verdict: {report['verdict'].upper()}"
+    counts = d.get("counts", {})
+    line = (f"verdict: {report['verdict'].upper()} ({d['counted']} of {d['criteria']} criteria counted: "
+            f"{counts.get('pass', 0)} pass, {counts.get('inconclusive', 0)} inconclusive, {counts.get('fail', 0)} fail")
+    if d.get("no_power"):
+        line += f"; no power on this model: {', '.join(d['no_power'])}"
+    return line + ")"
+
+
+def format_per_patient(report: dict[str, Any]) -> str:
+    """The per-patient forgetting test of every model (the unlearned model's patients listed by salted hash)."""
+    lines = []
+    for i, run in enumerate(report.get("per_patient", [])):
+        if not run:
+            continue
+        head = "per-patient forgetting test" + (f" (run {i + 1})" if len(report["per_patient"]) > 1 else "")
+        lines.append(f"{head}: p-value of each forget patient against {next(iter(run.values()))['null_patients']} "
+                     f"never-seen patients (offline LiRA statistic)")
+        for name, res in run.items():
+            passed = sum(r["passed"] for r in res["patients"])
+            lines.append(f"  {name:<10} {passed}/{res['forget_patients']} patients with p >= {res['alpha']:g}; "
+                         f"combined p = {res['combined_p']:.4f}")
+        if "unlearned" in run:
+            rows = [[r["patient"], str(r["studies"]), f"{r['statistic']:+.2f}", f"{r['p_value']:.3f}",
+                     "pass" if r["passed"] else "MEMBER-LIKE"] for r in run["unlearned"]["patients"]]
+            lines.append(_table(["patient (salted hash)", "studies", "statistic", "p-value", "result"], rows))
+    return "\n".join(lines)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -15,24 +15,29 @@ import warnings
 import numpy as np
 
 
+def patient_draws(groups: np.ndarray, reps: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``reps`` patient-level bootstrap resamples: ``(counts (reps, P), codes (N,))``, how many times each of the
+    ``P`` patients (sorted) was drawn (with replacement, ``P`` draws) and the patient code of each of the ``N`` samples.
+    ``counts[:, codes]`` are the per-sample weights."""
+    codes = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    n_patients = int(codes.max()) + 1 if len(codes) else 0
+    if n_patients == 0:
+        return np.zeros((reps, 0)), codes
+    counts = rng.multinomial(n_patients, np.full(n_patients, 1.0 / n_patients), size=reps)  # (reps, P)
+    return counts.astype(float), codes
+
+
 def patient_weights(groups: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
-    """``(reps, N)`` sample weights of ``reps`` patient-level bootstrap resamples.
+    """``(reps, N)`` sample weights of ``reps`` patient-level bootstrap resamples: for each resample and sample, how
+    many times the sample's patient was drawn (:func:`patient_draws`).
 
     Args:
         groups: Patient code of each of the ``N`` samples (any hashable values).
         reps: Resamples.
         rng: Random generator.
-
-    Returns:
-        For each resample and sample, how many times the sample's patient was drawn (patients drawn with
-        replacement, as many draws as patients).
     """
-    codes = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
-    n_patients = int(codes.max()) + 1 if len(codes) else 0
-    if n_patients == 0:
-        return np.zeros((reps, 0))
-    draws = rng.multinomial(n_patients, np.full(n_patients, 1.0 / n_patients), size=reps)  # (reps, P)
-    return draws[:, codes].astype(float)
+    counts, codes = patient_draws(groups, reps, rng)
+    return counts[:, codes]
 
 
 def _comparisons(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:

@@ -5,8 +5,11 @@ retain patients, in a balanced design: every retain patient is in the training d
 No reference model ever sees a forget, val or test patient, so for those samples all ``K`` models are OUT (what the
 offline attacks need), and every retain sample has at least one OUT model.
 
-Models are cached in ``<dir>/model_<k>.ckpt`` with a ``design.json`` fingerprint (split, forget rows, K, seed,
-epochs, hyper-parameters); a later audit with the same inputs reuses them. No patient identifier is written.
+Models are cached under ``<dir>/<recipe>-<rows>/model_<k>.ckpt`` with a ``design.json`` (split, K, seed, epochs,
+hyper-parameters and the manifest rows they excluded). A later audit reuses a cached set when its recipe matches and
+it excluded every patient of the new request: repeated audits of one request, several unlearned models, and any
+request contained in an earlier one (the patients excluded then but retained now are OUT for every model, which the
+offline attacks handle). No patient identifier is written (rows, not IDs).
 """
 
 from __future__ import annotations
@@ -51,6 +54,33 @@ def _fingerprint(**facts: Any) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _in_sets(df, excluded_rows: list[int], train_rows: np.ndarray, k: int, seed: int) -> list[set[str]]:
+    """The IN patients of each model of a design that excluded ``excluded_rows``: the balanced design over the
+    sorted training patients that were not excluded."""
+    excluded = set(df.loc[excluded_rows, "patient_id"]) if excluded_rows else set()
+    patients = sorted(set(df.loc[train_rows, "patient_id"]) - excluded)
+    design = balanced_design(len(patients), k, seed)
+    return [{p for p, is_in in zip(patients, design[i], strict=True) if is_in} for i in range(k)]
+
+
+def _cached(root: Path, recipe: str, forget_rows: set[int], k: int) -> tuple[Path, list[int]] | None:
+    """A cached set of the recipe that excluded every forget row (the fewest exclusions first)."""
+    found = []
+    for meta in root.glob(f"{recipe}-*/{DESIGN}"):
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        excluded = [int(r) for r in info.get("excluded_rows", [])]
+        paths = [meta.parent / f"model_{i}.ckpt" for i in range(k)]
+        if info.get("recipe") == recipe and forget_rows <= set(excluded) and all(p.exists() for p in paths):
+            found.append((len(excluded), meta.parent, excluded))
+    if not found:
+        return None
+    _, folder, excluded = min(found, key=lambda f: (f[0], str(f[1])))
+    return folder, excluded
+
+
 def train_reference_models(
     original: str | Path,
     datamodule: DicomReportDataModule,
@@ -60,7 +90,7 @@ def train_reference_models(
     epochs: int | None = None,
     seed: int = 0,
     accelerator: str = "auto",
-) -> tuple[list[Path], np.ndarray, list[str]]:
+) -> tuple[list[Path], list[set[str]]]:
     """Train (or reuse) ``k`` reference models.
 
     Args:
@@ -68,61 +98,64 @@ def train_reference_models(
         datamodule: The audit's datamodule (``evaluate`` mode, with the forget request), already set up.
         data_kwargs: Data options to build the training datamodules with (manifest, image size, batch size, ...).
         k: Number of reference models (>= 2).
-        out_dir: Where the models are cached.
+        out_dir: The cache (shared by requests: see the module docstring).
         epochs: Training epochs (default: the original model's).
         seed: Seed of the design and of training (model ``i`` uses ``seed + i``).
         accelerator: Lightning accelerator.
 
     Returns:
-        The checkpoint paths, the ``(k, P)`` IN design and the ``P`` retain patient IDs it refers to (in memory
-        only, never written).
+        The checkpoint paths and, per model, the set of patient IDs it trained on (in memory only, never written).
     """
     source = load_classifier(original)
     hparams = _public_hparams(source.hparams)
     epochs = int(epochs or source.provenance.get("epochs") or 25)
     trained_with = source.provenance.get("data", {})
-    recipe = {k: trained_with[k] for k in ("batch_size",) if trained_with.get(k) is not None}
-    if recipe and any(data_kwargs.get(k) != v for k, v in recipe.items()):
-        log.warning("reference models use the original model's %s, not the audit's data options", recipe)
-    data_kwargs = {**data_kwargs, **recipe}
+    recipe_data = {key: trained_with[key] for key in ("batch_size",) if trained_with.get(key) is not None}
+    if recipe_data and any(data_kwargs.get(key) != v for key, v in recipe_data.items()):
+        log.warning("reference models use the original model's %s, not the audit's data options", recipe_data)
+    data_kwargs = {**data_kwargs, **recipe_data}
     df = datamodule.df
-    retain_patients = sorted(set(df.loc[datamodule.indices["retain"], "patient_id"]))
-    forget_patients = sorted(set(df.loc[datamodule.indices["forget"], "patient_id"]))
-    design = balanced_design(len(retain_patients), k, seed)
-    out_dir = Path(out_dir)
-    fingerprint = _fingerprint(split=datamodule.split_fingerprint, manifest=datamodule.dataset_hash(),
-                               forget_rows=sorted(int(r) for r in datamodule.indices["forget"]), k=k, seed=seed,
-                               epochs=epochs, hparams=hparams,
-                               data={key: v for key, v in data_kwargs.items() if key not in ("num_workers",)})
-    paths = [out_dir / f"model_{i}.ckpt" for i in range(k)]
-    meta = out_dir / DESIGN
-    if meta.exists() and all(p.exists() for p in paths):
-        if json.loads(meta.read_text()).get("fingerprint") == fingerprint:
-            log.info("reusing %d reference models from %s", k, out_dir)
-            return paths, design, retain_patients
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # every forget row, also those of the patients set aside for checkpoint selection (none may be IN)
+    forget_rows = sorted({int(r) for part in ("forget", "forget_selection") for r in datamodule.indices.get(part, [])})
+    train_rows = np.union1d(datamodule.indices["retain"], forget_rows).astype(int)
+    recipe = _fingerprint(split=datamodule.split_fingerprint, manifest=datamodule.dataset_hash(), k=k, seed=seed,
+                          epochs=epochs, hparams=hparams,
+                          data={key: v for key, v in data_kwargs.items()
+                                if key not in ("num_workers", "forget", "selection_fraction", "mode")})
+    root = Path(out_dir)
+    hit = _cached(root, recipe, set(forget_rows), k) if root.exists() else None
+    if hit is not None:
+        folder, excluded = hit
+        log.info("reusing %d reference models from %s", k, folder)
+        return [folder / f"model_{i}.ckpt" for i in range(k)], _in_sets(df, excluded, train_rows, k, seed)
+    in_sets = _in_sets(df, forget_rows, train_rows, k, seed)
+    folder = root / f"{recipe}-{_fingerprint(rows=forget_rows)[:8]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = folder / DESIGN
     meta.unlink(missing_ok=True)
+    paths = [folder / f"model_{i}.ckpt" for i in range(k)]
+    all_patients = set(df.loc[train_rows, "patient_id"])
     models = []
     for i in range(k):
-        excluded = forget_patients + [p for p, is_in in zip(retain_patients, design[i], strict=True) if not is_in]
+        excluded = sorted(all_patients - in_sets[i])
         L.seed_everything(seed + i, workers=True, verbose=False)
         dm = DicomReportDataModule(**{**data_kwargs, "mode": "train", "forget": None, "exclude_patients": excluded})
         model = FusionClassifier(**hparams)
         trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
                             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-                            limit_val_batches=0, default_root_dir=str(out_dir))
+                            limit_val_batches=0, default_root_dir=str(folder))
         start = time.perf_counter()
         trainer.fit(model, datamodule=dm)
         seconds = time.perf_counter() - start
         export_classifier(model, paths[i], overwrite=True, provenance={
-            "kind": "reference", "index": i, "in_patients": int(design[i].sum()), "epochs": epochs,
+            "kind": "reference", "index": i, "in_patients": len(in_sets[i]), "epochs": epochs,
             "fit_seconds": seconds, "split_fingerprint": source.provenance.get("split_fingerprint"),
         })
-        models.append({"path": paths[i].name, "in_patients": int(design[i].sum()), "fit_seconds": seconds})
-        print(f"reference model {i + 1}/{k}: {int(design[i].sum())} retain patients, {epochs} epochs, "
-              f"{seconds:.1f} s", flush=True)
+        models.append({"path": paths[i].name, "in_patients": len(in_sets[i]), "fit_seconds": seconds})
+        print(f"reference model {i + 1}/{k}: {len(in_sets[i])} training patients, {epochs} epochs, {seconds:.1f} s",
+              flush=True)
     tmp = meta.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, "k": k, "seed": seed, "epochs": epochs, "models": models},
-                              indent=2))
+    tmp.write_text(json.dumps({"recipe": recipe, "k": k, "seed": seed, "epochs": epochs, "excluded_rows": forget_rows,
+                               "models": models}, indent=2))
     tmp.replace(meta)
-    return paths, design, retain_patients
+    return paths, in_sets

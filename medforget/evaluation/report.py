@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from medforget.evaluation.audit import MODEL_NAMES, REFERENCE, RunArtifacts, _json_safe, atomic_write_text
+from medforget.evaluation.audit import MODEL_NAMES, REFERENCE, _json_safe, atomic_write_text
+from medforget.evaluation.criteria import RunArtifacts
 from medforget.evaluation.mia.base import roc
 
 COLORS = {"original": "#d62728", "unlearned": "#1f77b4", "retrained": "#2ca02c"}
@@ -205,10 +206,22 @@ def blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
     models = [m for m in MODEL_NAMES if m in summary.get("models", {})]
     n_runs = len(report["runs"])
     out: list[Block] = [("h1", "medforget audit: are the forget patients really gone?")]
-    verdict = {"pass": "PASS: every criterion is within its tolerance",
-               "fail": "FAIL: at least one criterion is outside its tolerance",
-               "n/a": "no verdict (the audit needs an unlearned and a retrained model)"}[report["verdict"]]
+    verdict = {"pass": "PASS: every counted criterion is shown to lie within its tolerance (90% interval inside)",
+               "fail": "FAIL: at least one criterion is shown to lie outside its tolerance (95% interval outside)",
+               "inconclusive": "INCONCLUSIVE: this request cannot tell; no criterion is shown outside its tolerance, "
+                               "but not all are shown inside (see each criterion for what would decide it)",
+               "n/a": "no verdict (the audit needs an unlearned and a retrained model, and intervals)"}[
+        report["verdict"]]
     out.append(("p", f"**Verdict: {verdict}.**"))
+    detail = report.get("verdict_detail") or {}
+    if detail:
+        counts = detail.get("counts", {})
+        text = (f"{detail['counted']} of {detail['criteria']} criteria counted: {counts.get('pass', 0)} pass, "
+                f"{counts.get('inconclusive', 0)} inconclusive, {counts.get('fail', 0)} fail.")
+        if detail.get("no_power"):
+            text += (f" Not counted, because the original model is not shown to differ from the retrained one on "
+                     f"them (no power on this model): {', '.join(detail['no_power'])}.")
+        out.append(("p", text))
     code = report["code"]
     request = report["forget_request"]
     out.append(("list", [
@@ -225,14 +238,47 @@ def blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
 
     if report["criteria"]:
         out.append(("h2", "Criteria (unlearned vs retrained)"))
-        rows = [[c["criterion"], c["description"], _num(c["value"]), _interval(c.get("gap_ci95")),
-                 f"≤ {c['tolerance']:g}", "n/a" if c["passed"] is None else ("PASS" if c["passed"] else "FAIL")]
-                for c in report["criteria"]]
-        out.append(("table", ["criterion", "what", "value", "gap 95% interval", "tolerance", "result"], rows))
-        if any(c.get("gap_ci95") for c in report["criteria"]):
-            out.append(("p", "Gap 95% interval: patient-level bootstrap of the signed AUC gap (unlearned − retrained; "
-                             "run 1). With few forget patients it is wide: a gap inside it is not distinguishable "
-                             "from noise, and a pass can be luck."))
+        rows = []
+        for c in report["criteria"]:
+            tol = f"± {c['tolerance']:g}" if c.get("sided") == "two-sided" else f"≤ {c['tolerance']:g}"
+            power = c.get("power")
+            power_cell = "" if power is None else (
+                _num(power["estimate"], True) + ("" if c.get("has_power") else " (no power)"))
+            floor = c.get("noise_floor")
+            result = c["verdict"].upper() + ("" if c.get("counted") else " (not counted)")
+            rows.append([c["criterion"], c["description"], _num(c["estimate"], True), c.get("direction") or "",
+                         _interval(c.get("ci90")), _interval(c.get("ci95")), tol, "" if floor is None else _num(floor),
+                         power_cell, result])
+        out.append(("table", ["criterion", "what", "gap", "direction", "90% interval", "95% interval", "tolerance",
+                              "noise floor", "original", "result"], rows))
+        cfg = report["config"]["audit"]
+        out.append(("p", f"Intervals: paired patient bootstrap ({cfg['bootstrap']} resamples; several runs are "
+                         "resampled too). PASS: the 90% interval lies inside the tolerance (equivalence, two one-sided "
+                         "tests at α = 0.05). FAIL: the 95% interval lies wholly outside. INCONCLUSIVE otherwise. "
+                         "*original*: the same gap with the original model in the unlearned model's place; a "
+                         "criterion the original is not shown to fail has no power on this model and is not counted. "
+                         "*noise floor*: the gap between retrained models of different seeds (several runs only)."))
+        reasons = [[c["criterion"], c["reason"]] for c in report["criteria"] if c["verdict"] == "inconclusive"]
+        if reasons:
+            out.append(("table", ["inconclusive criterion", "what would decide it"], reasons))
+    certificate = [(i, run) for i, run in enumerate(report.get("per_patient") or []) if run]
+    if certificate:
+        out.append(("h2", "Per-patient forgetting test"))
+        out.append(("p", "For each forget patient, the offline LiRA statistic of its studies (the model's confidence "
+                         "standardised by reference models that never saw it), averaged over the patient, is ranked "
+                         "among the same statistic of never-seen val and test patients: a small p-value means the "
+                         "model still treats the patient like a member. For a retrained model the p-values are "
+                         "uniform; the original model shows the test's power. Combined: a permutation test of the "
+                         "request's mean statistic. Patients are listed by salted hash only."))
+        for i, run in certificate:
+            rows = [[m, f"{sum(r['passed'] for r in res['patients'])} / {res['forget_patients']}",
+                     _num(res["combined_p"]), str(res["null_patients"])] for m, res in run.items()]
+            out.append(("table", [f"model (run {i + 1})", "patients with p ≥ α", "combined p", "never-seen patients"],
+                        rows))
+            if "unlearned" in run:
+                out.append(("table", ["patient (salted hash)", "studies", "statistic", "p-value", "result"],
+                            [[r["patient"], str(r["studies"]), _num(r["statistic"], True), _num(r["p_value"]),
+                              "pass" if r["passed"] else "member-like"] for r in run["unlearned"]["patients"]]))
 
     out.append(("h2", "Utility"))
     heads = sorted({h for m in models for p in _get(summary, "models", m, "metrics").values() for h in p},
@@ -258,9 +304,12 @@ def blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
     if attacks:
         out.append(("h2", "Membership inference (forget = members vs test = non-members)"))
         out.append(("p", "Higher score = more member-like. AUC 0.5 means the attack cannot tell the forget patients "
-                         "from patients the model never saw; the retrained model is the target. Member rate: share of "
-                         "forget samples the attack calls members, with its threshold calibrated on retain vs val."))
+                         "from patients the model never saw; the retrained model is the target. AUC per study and per "
+                         "patient (a patient's score: the mean of its studies'; the verdict uses the patient AUC). "
+                         "TPR at an FPR is n/a below 10 / FPR non-member patients. Member rate: share of forget "
+                         "samples the attack calls members, with its threshold calibrated on retain vs val."))
         header = ["attack", *[f"AUC {m}" for m in models], "Δ AUC unl − ret", "Δ 95% interval",
+                  *[f"patient AUC {m}" for m in models], "Δ patient AUC", "Δ patient 95% interval",
                   *[f"TPR@1%FPR {m}" for m in models],
                   *[f"TPR@0.1%FPR {m}" for m in models], *[f"member rate {m}" for m in models]]
         rows = []
@@ -268,6 +317,10 @@ def blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
             rows.append([a, *[cell(_get(summary, "models", m, "mia", a, "auc")) for m in models],
                          cell(_get(summary, "gaps_to_retrained", "unlearned", "mia", a, "auc"), True),
                          _interval(_get(report["runs"][0], "gaps_to_retrained", "unlearned", "mia", a, "auc_ci95")),
+                         *[cell(_get(summary, "models", m, "mia", a, "patient_auc")) for m in models],
+                         cell(_get(summary, "gaps_to_retrained", "unlearned", "mia", a, "patient_auc"), True),
+                         _interval(_get(report["runs"][0], "gaps_to_retrained", "unlearned", "mia", a,
+                                        "patient_auc_ci95")),
                          *[cell(_get(summary, "models", m, "mia", a, "tpr@1%fpr")) for m in models],
                          *[cell(_get(summary, "models", m, "mia", a, "tpr@0.1%fpr")) for m in models],
                          *[cell(_get(summary, "models", m, "mia", a, "member_rate")) for m in models]])

@@ -150,11 +150,16 @@ def record_steps(steps: int) -> list[int]:
 
 
 def relearning_attack(
-    model: FusionClassifier, attack_loader, eval_loader, steps: int = 10, lr: float = 5e-4, seed: int = 0
+    model: FusionClassifier, attack_loader, eval_loader, steps: int = 10, lr: float = 5e-4, seed: int = 0,
+    final: dict[str, Any] | None = None,
 ) -> dict[str, list[float]]:
     """Fine-tune a copy of ``model`` on ``attack_loader`` for ``steps`` steps (AdamW, the classifier's own loss,
     BatchNorm statistics and dropout frozen: eval mode) and measure fused-head metrics on ``eval_loader`` along the
     way (:func:`record_steps`).
+
+    Args:
+        final: If given, filled with the attacked model's predictions on ``eval_loader`` after the last step
+            (:func:`predict_plain`'s dict), for per-patient intervals.
 
     Returns:
         ``{"step": [...], "accuracy": [...], "auc": [...], "f1": [...]}``.
@@ -167,6 +172,9 @@ def relearning_attack(
 
     def measure(step: int) -> None:
         out = predict_plain(attacked, eval_loader)
+        if final is not None:
+            final.clear()
+            final.update(out)
         metrics = classification_metrics(out["logits"]["fused"], out[keys.LABEL])
         curve["step"].append(step)
         for k in ("accuracy", "auc", "f1"):

@@ -119,10 +119,17 @@ class UnlearningMethod(L.LightningModule):
         return losses["loss"]
 
     # --- validation and checkpoint selection (see medforget.unlearning.selection) --------------------------------
+    def _validation_parts(self) -> tuple[str, ...]:
+        """The unlearn-mode validation parts of the datamodule, in dataloader order (empty: plain validation)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        parts = tuple(getattr(datamodule, "validation_parts", ()))
+        return parts if getattr(datamodule, "mode", None) == "unlearn" else ()
+
     def _part_name(self, dataloader_idx: int) -> str:
+        parts = self._validation_parts()
         loaders = self.trainer.val_dataloaders if self._trainer is not None else None
-        if isinstance(loaders, (list, tuple)) and len(loaders) == len(keys.UNLEARN_VALIDATION_PARTS):
-            return keys.UNLEARN_VALIDATION_PARTS[dataloader_idx]
+        if parts and isinstance(loaders, (list, tuple)) and len(loaders) == len(parts):
+            return parts[dataloader_idx]
         return keys.VAL
 
     def on_validation_epoch_start(self) -> None:
@@ -149,7 +156,7 @@ class UnlearningMethod(L.LightningModule):
         logits, labels = outputs[keys.VAL]
         self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=True)
         self.log("val/acc", (logits.argmax(-1) == labels).float().mean(), prog_bar=True)
-        if set(outputs) != set(keys.UNLEARN_VALIDATION_PARTS) or self.selection_reference is None:
+        if not {keys.RETAIN_SAMPLE, keys.VAL} <= set(outputs) or self.selection_reference is None:
             return  # plain validation (no forget request in the datamodule): nothing to select on
         metrics = selection.part_metrics(outputs)
         gaps = selection.proxy_gaps(metrics, self.selection_reference)
@@ -166,14 +173,14 @@ class UnlearningMethod(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if not hasattr(datamodule, "part_dataloader"):
             return
-        loaders = datamodule.val_dataloader()
-        if not isinstance(loaders, (list, tuple)) or len(loaders) != len(keys.UNLEARN_VALIDATION_PARTS):
+        parts = self._validation_parts()
+        if not {keys.RETAIN_SAMPLE, keys.VAL} <= set(parts):
             return
         was_training = self.training
         self.eval()
         outputs = {}
         with torch.no_grad():
-            for part in keys.UNLEARN_VALIDATION_PARTS:
+            for part in parts:
                 chunks = [(self(b)["fused"].float().cpu(), b[keys.LABEL].cpu()) for b in self.part_batches(part)]
                 outputs[part] = _concat(chunks)
         self.train(was_training)

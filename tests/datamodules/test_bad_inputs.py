@@ -211,7 +211,7 @@ def test_skip_that_empties_the_forget_request_is_an_error(hospital, tmp_path):
     _corrupt(images / "s0.dcm")  # both studies of PATIENT-ALPHA
     _corrupt(images / "s1.dcm")
     forget = write_patient_ids([PATIENTS[0]], tmp_path / "forget.txt")
-    dm = _dm(hospital, mode="unlearn", forget=str(forget), on_bad_image="skip")
+    dm = _dm(hospital, mode="unlearn", forget=str(forget), on_bad_image="skip", selection_fraction=0.0)
     with pytest.raises(ValueError, match="no image of the forget request's patients is left") as info:
         dm.setup()
     _assert_no_phi(str(info.value))
@@ -220,12 +220,20 @@ def test_skip_that_empties_the_forget_request_is_an_error(hospital, tmp_path):
 def test_skip_in_unlearn_mode_keeps_the_rest_of_the_forget_patients(hospital, tmp_path):
     _corrupt(hospital.parent / "img" / "s0.dcm")  # one of PATIENT-ALPHA's two studies
     forget = write_patient_ids([PATIENTS[0]], tmp_path / "forget.txt")
-    dm = _dm(hospital, mode="unlearn", forget=str(forget), on_bad_image="skip")
+    dm = _dm(hospital, mode="unlearn", forget=str(forget), on_bad_image="skip", selection_fraction=0.0)
     dm.setup()
     assert dm.indices["forget"].tolist() == [1]
     assert 0 not in dm.indices["retain"].tolist() and 0 not in dm.indices[keys.RETAIN_SAMPLE].tolist()
     forget_rows = {i for batch in dm.part_dataloader("forget") for i in batch[keys.INDEX].tolist()}
     assert forget_rows == {1}
+
+
+def test_a_request_too_small_for_the_selection_split_names_the_flag(hospital, tmp_path):
+    forget = write_patient_ids([PATIENTS[0]], tmp_path / "forget.txt")
+    for mode in ("unlearn", "evaluate"):
+        with pytest.raises(ValueError, match="--data.selection_fraction 0") as info:
+            _dm(hospital, mode=mode, forget=str(forget)).setup()
+        _assert_no_phi(str(info.value))
 
 
 # --- options --------------------------------------------------------------------------------------

@@ -227,11 +227,18 @@ def test_evaluate_loaders(tiny_datamodule_kwargs, forget_file, forget_ids):
         assert rows == dm.indices[name].tolist()  # complete and unshuffled
         again = [i for batch in loader for i in batch[keys.INDEX].tolist()]
         assert again == rows
+    # the audited forget part: the request without the patient(s) set aside for checkpoint selection
     seen = {p for batch in loaders["forget"] for p in batch[keys.PATIENT_ID]}
-    assert seen == forget_ids
+    selection = set(dm.df.loc[dm.indices[keys.FORGET_SELECTION], "patient_id"])
+    assert seen | selection == forget_ids and not seen & selection and len(selection) == 1
     summary = dm.summary()
-    assert summary["forget"]["patients"] == 3
-    assert summary["forget"]["studies"] + summary["retain"]["studies"] == summary["train"]["studies"]
+    assert summary["forget"]["patients"] == 2
+    assert (summary["forget"]["studies"] + summary[keys.FORGET_SELECTION]["studies"] + summary["retain"]["studies"]
+            == summary["train"]["studies"])
+    everything = DicomReportDataModule(**tiny_datamodule_kwargs, mode="evaluate", forget=str(forget_file),
+                                       selection_fraction=0.0)
+    everything.setup()
+    assert set(everything.df.loc[everything.indices["forget"], "patient_id"]) == forget_ids
 
 
 def test_evaluate_without_forget(tiny_datamodule_kwargs):

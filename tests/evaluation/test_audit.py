@@ -27,7 +27,9 @@ from medforget.evaluation.audit import (
     evaluate_models,
     format_table,
     run_audit,
+    verdict_of,
 )
+from medforget.evaluation.criteria import RunArtifacts, evaluate_criteria
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,11 @@ def test_evaluate_models_report(report, trained_ckpt, forget_file):
     assert report["schema_version"] == SCHEMA_VERSION == 2
     assert set(report["models"]) == {"original", "retrained"}
     parts = report["data"]["parts"]
-    assert parts["forget"]["patients"] == len(forget_file.read_text().split())
-    assert parts["retain"]["studies"] + parts["forget"]["studies"] == parts["train"]["studies"]
+    # the forget patients set aside for checkpoint selection are left out of the audited forget part
+    assert parts["forget"]["patients"] + parts["forget_selection"]["patients"] == len(forget_file.read_text().split())
+    assert report["data"]["selection_fraction"] == 0.25
+    assert (parts["retain"]["studies"] + parts["forget"]["studies"] + parts["forget_selection"]["studies"]
+            == parts["train"]["studies"])
     assert len(report["data"]["manifest_sha256"]) == 64
     for name in ("original", "retrained"):
         res = report["models"][name]
@@ -84,9 +89,13 @@ def test_evaluate_models_report(report, trained_ckpt, forget_file):
                 assert _same(v, b["metrics"][part][head][k])
                 gap = gaps["original"]["metrics"][part][head][k]
                 assert gap == 0.0 or (math.isnan(gap) and math.isnan(v)), (part, head, k)
-    assert a["mia"] == b["mia"]
-    assert gaps["original"]["mia"]["LossAttack"] == {"auc": 0.0, "tpr@1%fpr": 0.0, "tpr@0.1%fpr": 0.0,
-                                                     "member_rate": 0.0}
+    assert a["mia"].keys() == b["mia"].keys()
+    for attack, values in a["mia"].items():
+        assert all(_same(v, b["mia"][attack][k]) for k, v in values.items()), attack
+    loss_gap = gaps["original"]["mia"]["LossAttack"]
+    assert {k: loss_gap[k] for k in ("auc", "patient_auc", "patient_max_auc", "member_rate")} == dict.fromkeys(
+        ("auc", "patient_auc", "patient_max_auc", "member_rate"), 0.0)
+    assert math.isnan(loss_gap["tpr@1%fpr"])  # a handful of test patients cannot resolve a 1% FPR: n/a
 
 
 def test_format_table(report):
@@ -143,45 +152,89 @@ def test_aggregate_hand_computed():
     assert single["v"] == {"mean": 0.25, "std": 0.0, "n": 1}
 
 
-def _summary(unl: dict, ret: dict) -> dict:
-    def leafs(d):
-        return {k: leafs(v) if isinstance(v, dict) else ({"mean": v, "std": 0.0, "n": 1} if not isinstance(v, list)
-                                                          else v) for k, v in d.items()}
+def _artifacts(seed: int, gap: float = 0.0, same: bool = False, original_gap: float | None = None,
+               request: str = "r") -> RunArtifacts:
+    """A synthetic run: 24 forget patients x 2 studies, 40 test patients; the loss-attack scores of the unlearned
+    (and original) model are shifted up by ``gap`` on the forget studies (forget patients stand out), the retrained
+    model's are not; ``same``: the unlearned model is a copy of the retrained one."""
+    rng = np.random.default_rng(seed)
+    art = RunArtifacts(request=request)
+    art.groups = {"forget": np.repeat(np.arange(24), 2), "test": np.arange(40)}
+    art.labels = {"forget": rng.integers(0, 4, 48), "test": rng.integers(0, 4, 40)}
+    base = {p: rng.normal(size=(len(y), 4)) + 2.0 * np.eye(4)[y] for p, y in art.labels.items()}
+    scores = {p: rng.normal(size=len(y)) for p, y in art.labels.items()}
+    art.logits["retrained"] = {p: v.copy() for p, v in base.items()}
+    art.scores["retrained"] = {"LossAttack": {p: v.copy() for p, v in scores.items()}}
+    for name, shift in (("unlearned", 0.0 if same else gap), ("original", original_gap)):
+        if shift is None:
+            continue
+        art.logits[name] = {p: v.copy() for p, v in base.items()}
+        art.scores[name] = {"LossAttack": {"forget": scores["forget"] + shift, "test": scores["test"].copy()}}
+    return art
 
-    return {"models": {"unlearned": leafs(unl), "retrained": leafs(ret)}}
+
+def test_criteria_three_way_on_constructed_runs():
+    # a copy of the retrained model: every gap is 0 with a zero-width interval -> PASS; the original differs
+    checks = {c["criterion"]: c for c in evaluate_criteria([_artifacts(0, same=True, original_gap=3.0)],
+                                                            Tolerances(), 2000)}
+    assert checks["mia/LossAttack"]["verdict"] == "pass" and checks["mia/LossAttack"]["estimate"] == 0.0
+    assert checks["mia/LossAttack"]["has_power"] and checks["mia/LossAttack"]["counted"]
+    assert checks["mia/LossAttack"]["power"]["verdict"] == "fail"  # the original stands out
+    # the logits are the same for all models: forget accuracy cannot tell the original -> no power, not counted
+    assert checks["forget_accuracy"]["has_power"] is False and not checks["forget_accuracy"]["counted"]
+    assert checks["test_auc_drop"]["sided"] == "upper"
+    # a large shift: the patient-level attack AUC gap is far outside +-0.05 -> FAIL, "under-unlearned"
+    big = {c["criterion"]: c for c in evaluate_criteria([_artifacts(1, gap=3.0, original_gap=3.0)], Tolerances(),
+                                                         2000)}
+    mia = big["mia/LossAttack"]
+    assert mia["verdict"] == "fail" and mia["ci95"][0] > 0.05 and mia["direction"] == "under-unlearned"
+    # a smaller shift with 24 patients: the interval straddles the tolerance -> INCONCLUSIVE, with what would decide
+    art = _artifacts(2, gap=0.2, original_gap=3.0)
+    mia = {c["criterion"]: c for c in evaluate_criteria([art], Tolerances(), 2000)}["mia/LossAttack"]
+    assert mia["verdict"] == "inconclusive", mia
+    assert mia["units"] == 24 and mia["units_needed"] and mia["units_needed"] > 24
+    # the estimate is scikit-learn's patient-level AUC (mean score per patient) of unlearned minus retrained
+    t = art.scores["unlearned"]["LossAttack"]["test"]
+    y = np.r_[np.ones(24), np.zeros(40)]
+    u_f = art.scores["unlearned"]["LossAttack"]["forget"].reshape(24, 2).mean(1)
+    r_f = art.scores["retrained"]["LossAttack"]["forget"].reshape(24, 2).mean(1)
+    assert mia["estimate"] == pytest.approx(roc_auc_score(y, np.r_[u_f, t]) - roc_auc_score(y, np.r_[r_f, t]))
 
 
-def test_criteria_pass_and_fail_against_tolerances():
-    def model(mia, facc, fauc, tauc, recovered, relearn):
-        return {"mia": {"LossAttack": {"auc": mia}},
-                "metrics": {"forget": {"fused": {"accuracy": facc, "auc": fauc}}, "test": {"fused": {"auc": tauc}}},
-                "quantization": {"int4": {"recovered_fraction": {"forget_accuracy": recovered}}},
-                "relearning": {"step": [0, 5], "accuracy": [0.5, relearn]}}
-
-    summary = _summary(model(0.58, 0.70, 0.90, 0.85, 0.40, 0.95), model(0.50, 0.68, 0.80, 0.90, float("nan"), 0.70))
-    checks = {c["criterion"]: c for c in criteria(summary, Tolerances())}
-    assert checks["mia/LossAttack"]["value"] == pytest.approx(0.08) and checks["mia/LossAttack"]["passed"] is False
-    assert checks["forget_accuracy"]["value"] == pytest.approx(0.02) and checks["forget_accuracy"]["passed"]
-    assert checks["forget_auc"]["value"] == pytest.approx(0.10) and not checks["forget_auc"]["passed"]
-    assert checks["test_auc_drop"]["value"] == pytest.approx(0.05) and not checks["test_auc_drop"]["passed"]
-    assert checks["quantization/int4"]["value"] == pytest.approx(0.40) and not checks["quantization/int4"]["passed"]
-    assert checks["relearning"]["value"] == pytest.approx(0.25) and not checks["relearning"]["passed"]
-    assert "time_ratio" not in checks  # not judged unless a tolerance is given
-    loose = {c["criterion"]: c for c in criteria(summary, Tolerances(mia_auc_gap=0.1, forget_auc_gap=0.2,
-                                                                      test_auc_drop=0.06, quantization_recovery=0.5,
-                                                                      relearn_accuracy_gap=0.3, time_ratio=0.5),
-                                                 {"ratio": {"mean": 0.2, "std": 0.0, "n": 1}})}
-    assert all(c["passed"] for c in loose.values())
-    assert loose["time_ratio"]["value"] == 0.2
-    # a better test AUC than the retrained model is no utility loss; an undefined value is not judged
-    summary = _summary(model(0.5, 0.68, 0.8, 0.95, float("nan"), 0.7), model(0.5, 0.68, 0.8, 0.9, 0.0, 0.7))
-    checks = {c["criterion"]: c for c in criteria(summary, Tolerances())}
-    assert checks["test_auc_drop"]["passed"] and checks["test_auc_drop"]["value"] == pytest.approx(-0.05)
-    assert checks["quantization/int4"]["passed"] is None
+def test_criteria_over_runs_resample_seeds_and_report_the_noise_floor():
+    runs = [_artifacts(s, gap=0.2, original_gap=3.0) for s in (3, 4, 5)]
+    one = {c["criterion"]: c for c in evaluate_criteria(runs[:1], Tolerances(), 2000)}
+    three = {c["criterion"]: c for c in evaluate_criteria(runs, Tolerances(), 2000)}
+    assert three["mia/LossAttack"]["runs"] == 3 and one["mia/LossAttack"]["noise_floor"] is None
+    estimates = [evaluate_criteria([r], Tolerances(), 2000)[0]["estimate"] for r in runs]
+    assert three["mia/LossAttack"]["estimate"] == pytest.approx(np.mean(estimates))
+    # the three synthetic retrained models differ (different seeds): their mean |gap| is the noise floor
+    assert three["mia/LossAttack"]["noise_floor"] > 0
 
 
 def test_criteria_need_unlearned_and_retrained():
-    assert criteria(_summary({}, {}) | {"models": {"original": {}}}, Tolerances()) == []
+    art = _artifacts(0, same=True)
+    del art.logits["unlearned"]
+    assert evaluate_criteria([art], Tolerances(), 2000) == []
+    assert evaluate_criteria([_artifacts(0, same=True)], Tolerances(), 0) == []  # no intervals: nothing judged
+
+
+def test_time_ratio_is_judged_as_a_measured_value():
+    config = AuditConfig(quantization=[], relearn_steps=0)
+    checks = {c["criterion"]: c for c in criteria([_artifacts(0, same=True)], Tolerances(time_ratio=0.5), config,
+                                                  {"ratio": {"mean": 0.2, "std": 0.0, "n": 1}})}
+    assert checks["time_ratio"]["verdict"] == "pass" and checks["time_ratio"]["estimate"] == 0.2
+    # no original: no power check, every judged criterion counts; a copy of the retrained model passes them all
+    assert verdict_of(list(checks.values()))["verdict"] == "pass"
+
+
+def test_audit_config_rejects_bad_values_naming_the_flag():
+    with pytest.raises(ValueError, match="--audit.bootstrap"):
+        AuditConfig(bootstrap=200)
+    with pytest.raises(ValueError, match="--audit.lira_variance per_sample needs --audit.reference_models >= 4"):
+        AuditConfig(reference_models=2, lira_variance="per_sample")
+    with pytest.raises(ValueError, match="audit.attacks"):
+        AuditConfig(attacks=["LossAtack"])
 
 
 # --- the written audit ------------------------------------------------------------------------------------------
@@ -224,15 +277,29 @@ def test_audit_report_contents(audit):
         for attack, values in res["mia"].items():
             lo, hi = values["auc_ci95"]
             assert lo <= values["auc"] + 1e-9 and values["auc"] - 1e-9 <= hi, (name, attack)
+            lo, hi = values["patient_auc_ci95"]
+            assert lo <= values["patient_auc"] + 1e-9 and values["patient_auc"] - 1e-9 <= hi, (name, attack)
     mia_checks = [c for c in saved["criteria"] if c["criterion"].startswith("mia/")]
-    assert mia_checks and all(len(c["gap_ci95"]) == 2 for c in mia_checks)
+    assert mia_checks and all(len(c["ci95"]) == 2 and len(c["ci90"]) == 2 for c in mia_checks)
+    for c in saved["criteria"]:
+        assert c["verdict"] in ("pass", "inconclusive", "fail", "n/a")
+        forgetting = not c["criterion"].startswith(("test_auc_drop", "quantization/"))
+        assert (c["power"] is not None and isinstance(c["has_power"], bool)) == forgetting, c["criterion"]
+        assert c["noise_floor"] == pytest.approx(0.0, abs=1e-12)  # two runs with the same retrained model
+    # the per-patient test of every model, patients by salted hash only
+    certificate = saved["per_patient"][0]
+    assert set(certificate) == {"original", "unlearned", "retrained"}
+    for res in certificate.values():
+        assert 0 < res["combined_p"] <= 1 and res["forget_patients"] == len(res["patients"])
+        assert all(len(r["patient"]) == 16 and 0 < r["p_value"] <= 1 for r in res["patients"])
     assert saved["timing"]["ratio"]["mean"] == pytest.approx(
         saved["timing"]["unlearn_seconds"]["mean"] / saved["timing"]["retrain_seconds"]["mean"])
-    assert saved["verdict"] in ("pass", "fail")
+    assert saved["verdict"] in ("pass", "inconclusive", "fail")
+    assert saved["verdict_detail"]["criteria"] == len(saved["criteria"])
     names = {c["criterion"] for c in saved["criteria"]}
     assert {"mia/LossAttack", "mia/LiRAAttack", "forget_accuracy", "test_auc_drop", "quantization/int8",
             "relearning"} <= names
-    assert (out / "reference_models" / "run0" / "design.json").is_file()
+    assert len(list((out / "reference_models").glob("*/design.json"))) == 1  # both runs: one cached set
     for plot in ("roc", "histograms", "relearning", "quantization", "utility"):
         png = out / "plots" / f"{plot}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
@@ -242,7 +309,8 @@ def test_audit_report_contents(audit):
     html = (out / "audit.html").read_text()
     assert html.count("data:image/png;base64,") == 5  # self-contained: every plot embedded
     assert not re.search(r'src="(?!data:)', html)  # no external file or URL
-    assert "PASS" in html or "FAIL" in html
+    assert "PASS" in html or "FAIL" in html or "INCONCLUSIVE" in html
+    assert "Per-patient forgetting test" in md
 
 
 def test_audit_forget_request_is_salted_hashes(audit, forget_file):
@@ -271,20 +339,34 @@ def test_audit_outputs_hold_no_patient_identifiers_or_report_text(audit, tiny_ho
         assert not [r for r in reports if r and r[:40] in text]
 
 
-def test_reference_models_are_cached(audit, trained_ckpt, forget_file, tiny_datamodule_kwargs):
+def test_reference_models_are_cached_and_reused_across_requests(audit, trained_ckpt, forget_file,
+                                                                tiny_datamodule_kwargs, tmp_path):
+    from medforget.datamodules.splits import write_patient_ids
     from medforget.evaluation.reference_models import train_reference_models
 
     _, out = audit
-    cache = out / "reference_models" / "run0"
-    before = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.ckpt")}
+    cache = out / "reference_models"
+    before = {p: p.stat().st_mtime_ns for p in cache.glob("*/*.ckpt")}
     dm = DicomReportDataModule(mode="evaluate", forget=str(forget_file), **tiny_datamodule_kwargs)
     dm.setup()
-    paths, design, retain = train_reference_models(trained_ckpt, dm, dict(tiny_datamodule_kwargs), 2, cache,
-                                                   epochs=1, seed=0, accelerator="cpu")
-    assert {p.name: p.stat().st_mtime_ns for p in paths} == before  # reused, not retrained
-    assert design.shape == (2, len(retain)) and (design.sum(0) == 1).all()
+    paths, in_sets = train_reference_models(trained_ckpt, dm, dict(tiny_datamodule_kwargs), 2, cache, epochs=1,
+                                            seed=0, accelerator="cpu")
+    assert {p: p.stat().st_mtime_ns for p in paths} == before  # reused, not retrained
+    forget = set(read_patient_ids(forget_file))
+    train = set(dm.df.loc[dm.indices["train"], "patient_id"])
+    assert not forget & (in_sets[0] | in_sets[1])  # no reference model saw a forget patient
+    assert in_sets[0] | in_sets[1] == train - forget and not in_sets[0] & in_sets[1]  # each retain patient IN once
     ckpt = load_classifier(paths[0])
-    assert ckpt.provenance["kind"] == "reference" and ckpt.provenance["in_patients"] == int(design[0].sum())
+    assert ckpt.provenance["kind"] == "reference" and ckpt.provenance["in_patients"] == len(in_sets[0])
+    # a request contained in the cached one reuses the same models; its other patients are now OUT for both
+    smaller = write_patient_ids(sorted(forget)[:2], tmp_path / "smaller.txt")
+    dm2 = DicomReportDataModule(mode="evaluate", forget=str(smaller), selection_fraction=0.0,
+                                **tiny_datamodule_kwargs)
+    dm2.setup()
+    paths2, in_sets2 = train_reference_models(trained_ckpt, dm2, dict(tiny_datamodule_kwargs), 2, cache, epochs=1,
+                                              seed=0, accelerator="cpu")
+    assert paths2 == paths and in_sets2 == in_sets
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*/*.ckpt")} == before
 
 
 def test_criterion_value_never_prints_a_failing_value_equal_to_its_tolerance():

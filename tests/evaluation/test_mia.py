@@ -84,12 +84,17 @@ def test_attack_metrics_match_sklearn(seed):
     rng = np.random.default_rng(seed)
     members = rng.normal(0.8, 1.0, 700)
     nonmembers = rng.normal(0.0, 1.0, 1300)
-    out = attack_metrics(torch.from_numpy(members), torch.from_numpy(nonmembers))
+    out = attack_metrics(torch.from_numpy(members), torch.from_numpy(nonmembers), nonmember_units=10_000)
     y = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
     s = np.r_[members, nonmembers]
     assert out["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)  # torchmetrics integrates in float32
     assert out["tpr@1%fpr"] == pytest.approx(sk_tpr_at(y, s, 0.01), abs=1e-6)
     assert out["tpr@0.1%fpr"] == pytest.approx(sk_tpr_at(y, s, 0.001), abs=1e-6)
+    # 1,300 non-members resolve an FPR of 1% but not of 0.1%: that TPR would be the TPR at 0% FPR, so it is n/a
+    plain = attack_metrics(torch.from_numpy(members), torch.from_numpy(nonmembers))
+    assert plain["tpr@1%fpr"] == out["tpr@1%fpr"] and math.isnan(plain["tpr@0.1%fpr"])
+    assert math.isnan(attack_metrics(torch.from_numpy(members), torch.from_numpy(nonmembers),
+                                     nonmember_units=999)["tpr@1%fpr"])
     assert out["tpr@1%fpr"] > 0  # non-trivial values were compared
     assert out["member_rate"] == pytest.approx(float(np.mean(members > np.median(nonmembers))))
     assert (out["n_members"], out["n_nonmembers"]) == (700, 1300)
@@ -99,7 +104,7 @@ def test_attack_metrics_with_ties_match_sklearn():
     rng = np.random.default_rng(5)
     members = rng.integers(0, 6, 300).astype(float)
     nonmembers = rng.integers(0, 5, 400).astype(float)
-    out = attack_metrics(torch.from_numpy(members), torch.from_numpy(nonmembers))
+    out = attack_metrics(torch.from_numpy(members), torch.from_numpy(nonmembers), nonmember_units=10_000)
     y = np.r_[np.ones(300), np.zeros(400)]
     s = np.r_[members, nonmembers]
     assert out["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)  # torchmetrics integrates in float32
@@ -115,7 +120,7 @@ def test_attack_metrics_with_ties_match_sklearn():
     ],
 )
 def test_attack_metrics_keep_the_order_of_extreme_scores(members, nonmembers):
-    out = attack_metrics(torch.tensor(members), torch.tensor(nonmembers))
+    out = attack_metrics(torch.tensor(members), torch.tensor(nonmembers), nonmember_units=10_000)
     y = [1] * len(members) + [0] * len(nonmembers)
     assert roc_auc_score(y, members + nonmembers) == 1.0
     assert out["auc"] == 1.0
@@ -123,13 +128,13 @@ def test_attack_metrics_keep_the_order_of_extreme_scores(members, nonmembers):
 
 
 def test_attack_metrics_hand_computed():
-    out = attack_metrics(torch.tensor([3.0, 2.0]), torch.tensor([1.0, 0.0]))
+    out = attack_metrics(torch.tensor([3.0, 2.0]), torch.tensor([1.0, 0.0]), nonmember_units=10_000)
     assert out["auc"] == 1.0
     assert out["member_rate"] == 1.0
     assert out["tpr@1%fpr"] == 1.0 and out["tpr@0.1%fpr"] == 1.0
     assert (out["n_members"], out["n_nonmembers"]) == (2, 2)
 
-    out = attack_metrics(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0]))
+    out = attack_metrics(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0]), nonmember_units=1000)
     assert out["auc"] == 0.0
     assert out["member_rate"] == 0.0
     assert out["tpr@1%fpr"] == 0.0
@@ -171,7 +176,8 @@ def test_loss_attack_evaluate_equals_attack_metrics_of_scores():
     attack = LossAttack()
     out = attack.evaluate(members, nonmembers)
     ref = attack_metrics(attack.score(*members), attack.score(*nonmembers))
-    assert out == ref
+    assert out.keys() == ref.keys()
+    assert all(out[k] == pytest.approx(ref[k], nan_ok=True) for k in ref)
     y = np.r_[np.ones(100), np.zeros(100)]
     s = np.r_[attack.score(*members).numpy(), attack.score(*nonmembers).numpy()]
     assert out["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)  # torchmetrics integrates in float32
@@ -263,7 +269,9 @@ def test_every_attack_separates_memorised_forget_patients_and_not_forgotten_ones
         s = np.r_[result.scores["forget"], result.scores["test"]]
         y = np.r_[np.ones(len(result.scores["forget"])), np.zeros(len(result.scores["test"]))]
         assert result.metrics["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
-        assert result.metrics["tpr@1%fpr"] == pytest.approx(sk_tpr_at(y, s, 0.01), abs=1e-6)
+        # 300 non-member samples (each its own patient here) cannot resolve a 1% FPR: n/a (NaN)
+        assert math.isnan(result.metrics["tpr@1%fpr"]) and math.isnan(result.metrics["tpr@0.1%fpr"])
+        assert result.metrics["patient_auc"] == pytest.approx(result.metrics["auc"])  # one study per patient
         assert result.metrics["member_rate"] == pytest.approx(
             float(np.mean(result.scores["forget"] >= result.metrics["threshold"])))
 
@@ -345,10 +353,14 @@ def test_lira_offline_hand_computed():
     # per-sample variance: sd of [1, 3] and of [0, 2] = sqrt(2)
     per_sample = LiRAAttack(global_variance=False).scores(data)
     assert per_sample["forget"].tolist() == pytest.approx([1 / math.sqrt(2), -1 / math.sqrt(2)])
-    # an IN reference model is ignored for that sample
+    # an IN reference model is ignored for that sample (pooled variance); a per-sample variance from the one OUT
+    # model left would be 0, so it is refused with a message naming the flags
     members[1]["forget"] = torch.tensor([True, False])
-    scores = LiRAAttack(global_variance=False).scores(AttackData(target, references, members))
-    assert scores["forget"][1] == pytest.approx(-1 / math.sqrt(2))
+    pooled = LiRAAttack().scores(AttackData(target, references, members))
+    # sample 0's OUT mean is now 1 (residual 0); the pooled residuals are 14 values of +-1 and that 0: sd 1
+    assert pooled["forget"][0] == pytest.approx((3 - 1) / 1.0)
+    with pytest.raises(ValueError, match="--audit.reference_models >= 4"):
+        LiRAAttack(global_variance=False).scores(AttackData(target, references, members))
 
 
 def test_rmia_offline_hand_computed():
@@ -370,9 +382,14 @@ def test_rmia_offline_hand_computed():
     ratio_val = [0.4 / p_x, 0.6 / p_x]
     ratio_forget = [0.9 / p_x, 0.5 / p_x]
     scores = RMIAAttack(offline_a=a, gamma=1.0).scores(data)
-    expected = [np.mean([r / z >= 1.0 for z in ratio_val]) for r in ratio_forget]  # [1.0, 0.5]
+    expected = [np.mean([r / z > 1.0 for z in ratio_val]) for r in ratio_forget]  # [1.0, 0.5]
     assert scores["forget"].tolist() == pytest.approx(expected)
     assert expected == [1.0, 0.5]
+    # a val sample is compared with the other val samples only (strict >, never with itself): 0.4 beats none, 0.6
+    # beats 0.4
+    assert scores["val"].tolist() == pytest.approx([0.0, 1.0])
+    # a test sample equal to a val sample does not beat it (strict)
+    assert scores["test"].tolist() == pytest.approx([0.5, 0.5])
     with pytest.raises(ValueError, match="offline_a"):
         RMIAAttack(offline_a=1.5)
 
@@ -438,3 +455,66 @@ def test_patient_bootstrap_is_paired_seeded_and_patient_level():
     narrow = patient_bootstrap_aucs({"c": (clustered, nonmembers)}, np.arange(40), np.arange(60), reps=300,
                                     seed=0)["c"]
     assert np.diff(ci95(wide))[0] > np.diff(ci95(narrow))[0]
+
+
+@pytest.mark.parametrize("name", ["LogisticRegressionAttack", "SVCAttack"])
+def test_population_attack_folds_never_split_a_patient(name, monkeypatch):
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from medforget.evaluation.mia.base import AttackData
+
+    g = torch.Generator().manual_seed(0)
+    parts = {"retain": 30, "val": 12, "forget": 6, "test": 12}  # patients, 3 studies each
+    target = {p: (torch.randn(3 * n, C, generator=g), torch.randint(0, C, (3 * n,), generator=g))
+              for p, n in parts.items()}
+    groups = {p: np.repeat(np.arange(n), 3) for p, n in parts.items()}
+    seen = []
+    original_split = StratifiedGroupKFold.split
+
+    def spy(self, x, y=None, groups=None):
+        for train, held in original_split(self, x, y, groups):
+            seen.append((set(groups[train]), set(groups[held])))
+            yield train, held
+
+    monkeypatch.setattr(StratifiedGroupKFold, "split", spy)
+    result = MembershipAttack.registry[name]().run(AttackData(target, groups=groups))
+    assert seen  # the grouped splitter was used, with the patients
+    assert all(not (train & held) for train, held in seen)  # no patient on both sides of a fold
+    assert result.metrics["patient_n_members"] == 6 and result.metrics["patient_n_nonmembers"] == 12
+    # with too few val patients there is nothing to cross-validate
+    few = {**groups, "val": np.zeros(36, dtype=int)}
+    with pytest.raises(ValueError, match="2 val patients"):
+        MembershipAttack.registry[name]().run(AttackData(target, groups=few))
+
+
+def test_rmia_tunes_a_on_a_reference_model():
+    from medforget.evaluation.mia import RMIAAttack
+    from medforget.evaluation.mia.rmia import A_GRID
+
+    data = scenario(True, seed=3, k=4)
+    attack = RMIAAttack()
+    attack.run(data)
+    assert attack.chosen_a in A_GRID
+    # the tuning chose the a of best AUC for reference model 0 (its IN retain samples vs val) against the others
+    from medforget.evaluation.mia.base import attack_metrics, true_class_prob
+    from medforget.evaluation.mia.rmia import pairwise_scores
+
+    def auc_for(a: float) -> float:
+        def ratio(part, rows=slice(None)):
+            labels = data.target[part][1][rows]
+            outs = [true_class_prob(r[part][rows], labels).masked_fill(m[part][rows].bool(), float("nan"))
+                    for r, m in zip(data.references[1:], data.reference_members[1:], strict=True)]
+            p_out = torch.stack(outs).nanmean(0)
+            return true_class_prob(data.references[0][part][rows], labels) / (0.5 * ((1 + a) * p_out + (1 - a)))
+
+        members = data.reference_members[0]["retain"].bool()
+        population = ratio("val")
+        member = pairwise_scores(ratio("retain", members), population, 1.0)
+        nonmember = pairwise_scores(population, population, 1.0, torch.arange(len(population)))
+        return attack_metrics(member, nonmember)["auc"]
+
+    aucs = {a: auc_for(a) for a in A_GRID}
+    assert aucs[attack.chosen_a] == pytest.approx(max(aucs.values()))
+    fixed = RMIAAttack(offline_a=0.5)
+    fixed.run(data)
+    assert fixed.chosen_a == 0.5 and fixed.extra_metrics()["offline_a"] == 0.5

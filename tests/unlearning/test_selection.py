@@ -13,6 +13,7 @@ from medforget.checkpoint import load_classifier, read_checkpoint
 from medforget.cli import unlearn
 from medforget.datamodules import keys
 from medforget.datamodules.dicom_report import RETAIN_SAMPLE_MIN, DicomReportDataModule
+from medforget.datamodules.splits import selection_patients
 from medforget.unlearning import selection
 from tests.conftest import TINY_DATA
 
@@ -24,7 +25,15 @@ def test_unlearn_validation_parts_hold_no_test_patients(forget_file, tiny_datamo
     assert len(loaders) == len(keys.UNLEARN_VALIDATION_PARTS)
     rows = {part: {int(i) for b in loader for i in b[keys.INDEX]}
             for part, loader in zip(keys.UNLEARN_VALIDATION_PARTS, loaders, strict=True)}
-    assert rows[keys.FORGET] == set(dm.indices["forget"].tolist())
+    # selection sees only its part of the forget patients; the rest are what the audit scores
+    assert rows[keys.FORGET_SELECTION] == set(dm.indices[keys.FORGET_SELECTION].tolist())
+    assert rows[keys.FORGET_SELECTION] < set(dm.indices["forget"].tolist())
+    audit = DicomReportDataModule(mode="evaluate", forget=str(forget_file), **tiny_datamodule_kwargs)
+    audit.setup()
+    audited = set(audit.indices["forget"].tolist())
+    assert audited and not audited & rows[keys.FORGET_SELECTION]
+    assert audited | rows[keys.FORGET_SELECTION] == set(dm.indices["forget"].tolist())
+    assert not set(audit.indices["retain"].tolist()) & rows[keys.FORGET_SELECTION]  # still not members
     assert rows[keys.VAL] == set(dm.indices["val"].tolist())
     assert rows[keys.RETAIN_SAMPLE] <= set(dm.indices["retain"].tolist())
     assert rows[keys.RETAIN_SAMPLE]
@@ -42,14 +51,15 @@ def test_part_metrics_and_proxy_gaps_match_hand_computation():
     g = torch.Generator().manual_seed(0)
     outputs = {part: (torch.randn(40, 4, generator=g), torch.arange(40) % 4) for part in keys.UNLEARN_VALIDATION_PARTS}
     metrics = selection.part_metrics(outputs)
-    for part, name in ((keys.FORGET, "forget"), (keys.RETAIN_SAMPLE, "retain"), (keys.VAL, "val")):
+    for part, name in ((keys.FORGET_SELECTION, "forget"), (keys.RETAIN_SAMPLE, "retain"), (keys.VAL, "val")):
         logits, labels = outputs[part]
         ref = roc_auc_score(labels.numpy(), logits.softmax(-1).numpy(), multi_class="ovr")
         assert metrics[f"{name}_auc"] == pytest.approx(ref, abs=1e-6)
     loss = {p: torch.nn.functional.cross_entropy(*outputs[p], reduction="none").numpy()
-            for p in (keys.FORGET, keys.VAL)}
+            for p in (keys.FORGET_SELECTION, keys.VAL)}
     members = np.r_[np.ones(40), np.zeros(40)]
-    assert metrics["mia"] == pytest.approx(roc_auc_score(members, -np.r_[loss[keys.FORGET], loss[keys.VAL]]), abs=1e-6)
+    assert metrics["mia"] == pytest.approx(
+        roc_auc_score(members, -np.r_[loss[keys.FORGET_SELECTION], loss[keys.VAL]]), abs=1e-6)
 
     reference = {"val_auc": 0.8, "val_f1": 0.6, "retain_auc": 1.0}
     gaps = selection.proxy_gaps(metrics, reference)
@@ -62,6 +72,35 @@ def test_part_metrics_and_proxy_gaps_match_hand_computation():
     # an undefined metric (single-class forget set: AUC is NaN) is left out of the mean, not propagated
     gaps = selection.proxy_gaps({**metrics, "forget_auc": math.nan}, reference)
     assert gaps["score"] == pytest.approx(np.mean([gaps[k] for k in selection.GAP_NAMES if k != "forget_auc"]))
+    # no forget patient set aside (selection_fraction 0): the score rests on the retain sample and val only
+    without = {k: v for k, v in metrics.items() if not k.startswith("forget") and k != "mia"}
+    gaps = selection.proxy_gaps(without, reference)
+    assert gaps["score"] == pytest.approx(np.mean([gaps["val_auc"], gaps["retain_auc"]]))
+
+
+def test_selection_patients_are_seeded_and_leave_enough_to_audit():
+    patients = [f"p{i}" for i in range(10)]
+    chosen = selection_patients(patients, 0.25, seed=3)
+    assert chosen == selection_patients(list(reversed(patients)), 0.25, seed=3)  # order-free
+    assert len(chosen) == 2 and set(chosen) < set(patients)
+    assert selection_patients(patients, 0.0) == []
+    assert len(selection_patients(["a", "b", "c"], 0.1)) == 1  # at least one when the fraction is positive
+    with pytest.raises(ValueError, match="--data.selection_fraction"):
+        selection_patients(["a", "b"], 0.25)  # 1 to select on leaves 1 to audit
+    with pytest.raises(ValueError, match="--data.selection_fraction"):
+        selection_patients(patients, 1.0)
+
+
+def test_unlearn_with_selection_fraction_zero_validates_without_forget(forget_file, tiny_datamodule_kwargs):
+    dm = DicomReportDataModule(mode="unlearn", forget=str(forget_file), selection_fraction=0.0,
+                               **tiny_datamodule_kwargs)
+    dm.setup()
+    assert dm.validation_parts == (keys.RETAIN_SAMPLE, keys.VAL)
+    assert len(dm.val_dataloader()) == 2
+    audit = DicomReportDataModule(mode="evaluate", forget=str(forget_file), selection_fraction=0.0,
+                                  **tiny_datamodule_kwargs)
+    audit.setup()
+    assert set(audit.indices["forget"].tolist()) == set(dm.indices["forget"].tolist())
 
 
 def test_unlearn_exports_the_best_validation_epoch(tiny_hospital, forget_file, trained_ckpt, tmp_path):
@@ -84,7 +123,7 @@ def test_unlearn_exports_the_best_validation_epoch(tiny_hospital, forget_file, t
     dm.setup()
     outputs = {}
     with torch.no_grad():
-        for part, loader in zip(keys.UNLEARN_VALIDATION_PARTS, dm.val_dataloader(), strict=True):
+        for part, loader in zip(dm.validation_parts, dm.val_dataloader(), strict=True):
             batches = [original.prepare_batch(b) for b in loader]
             outputs[part] = (torch.cat([original.net(b)["fused"] for b in batches]),
                              torch.cat([b[keys.LABEL] for b in batches]))

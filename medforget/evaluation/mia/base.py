@@ -10,7 +10,10 @@ members), ``val`` (known non-members, held out), ``forget`` (the patients whose 
 - picks a decision threshold from ``retain`` vs ``val`` only (:meth:`MembershipAttack.threshold`: the threshold of
   highest balanced accuracy, or the fitted classifier's own decision for population attacks);
 - reports :func:`attack_metrics` of ``forget`` (as members) vs ``test`` (non-members): ROC-AUC, TPR at 1% and 0.1%
-  FPR, and the share of ``forget`` (and of ``test``) samples the attack calls members.
+  FPR (``n/a`` below ``10 / FPR`` non-member patients: with fewer, "TPR at 0.1% FPR" is TPR at 0% FPR), and the
+  share of ``forget`` (and of ``test``) samples the attack calls members;
+- and the same per *patient* (the unit that is forgotten): a patient's score is the mean (``patient_*``) or the
+  maximum (``patient_max_*``) of its studies' scores (:func:`patient_attack_metrics`).
 
 On a model that never saw the forget patients (the retrained reference) forget and test samples come from the same
 distribution, so every attack's AUC is near 0.5; on a model that memorised them it is well above.
@@ -28,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
+from medforget.evaluation.bootstrap import patient_scores
+
 PARTS = ("forget", "retain", "val", "test")
 Outputs = tuple[torch.Tensor, torch.Tensor]  # (logits (N, C), labels (N,))
 
@@ -42,11 +47,20 @@ class AttackData:
             were trained (``--audit.reference_models K``).
         reference_members: Per reference model and part, a boolean mask: was the sample in that model's training
             data (only retain samples can be).
+        groups: Patient of each sample per part (integer codes; no IDs), for patient-level metrics and
+            patient-grouped cross-validation. ``None``: every sample is its own patient.
     """
 
     target: dict[str, Outputs]
     references: list[dict[str, torch.Tensor]] = field(default_factory=list)
     reference_members: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    groups: dict[str, np.ndarray] | None = None
+
+    def group(self, part: str) -> np.ndarray:
+        """Patient codes of ``part`` (each sample its own patient without :attr:`groups`)."""
+        if self.groups is not None and part in self.groups:
+            return np.asarray(self.groups[part])
+        return np.arange(len(self.target[part][1]))
 
     def __post_init__(self) -> None:
         missing = [p for p in PARTS if p not in self.target]
@@ -87,11 +101,17 @@ class MembershipAttack:
         return youden_threshold(scores["retain"], scores["val"])
 
     def run(self, data: AttackData) -> AttackResult:
-        """Score, calibrate on retain vs val, and measure forget (members) vs test (non-members)."""
+        """Score, calibrate on retain vs val, and measure forget (members) vs test (non-members), per study and per
+        patient."""
         scores = self.scores(data)
         threshold = self.threshold(scores)
-        metrics = attack_metrics(scores["forget"], scores["test"], threshold=threshold)
+        test_patients = len(np.unique(data.group("test")))
+        metrics = attack_metrics(scores["forget"], scores["test"], threshold=threshold,
+                                 nonmember_units=test_patients)
         metrics["calibration_auc"] = attack_metrics(scores["retain"], scores["val"])["auc"]
+        for how in ("mean", "max"):
+            metrics.update(patient_attack_metrics(scores["forget"], data.group("forget"), scores["test"],
+                                                  data.group("test"), how))
         metrics.update(self.extra_metrics())
         return AttackResult(metrics, {p: s.double().numpy() for p, s in scores.items()})
 
@@ -160,8 +180,14 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 # --- metrics -------------------------------------------------------------------------------------------------------
-def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
-    """Highest TPR reached at FPR <= ``target`` on an ROC curve (0 if none)."""
+FPR_TARGETS = {"tpr@1%fpr": 0.01, "tpr@0.1%fpr": 0.001}
+
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float, nonmember_units: int | None = None) -> float:
+    """Highest TPR reached at FPR <= ``target`` on an ROC curve (0 if none); NaN (``n/a``) when fewer than
+    ``10 / target`` independent non-member units (patients) are behind the curve, where the FPR cannot be resolved."""
+    if nonmember_units is not None and nonmember_units < 10.0 / target - 1e-9:
+        return float("nan")
     ok = fpr <= target + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
 
@@ -199,7 +225,8 @@ def youden_threshold(member_scores: torch.Tensor, nonmember_scores: torch.Tensor
 
 
 def attack_metrics(
-    member_scores: torch.Tensor, nonmember_scores: torch.Tensor, threshold: float | None = None
+    member_scores: torch.Tensor, nonmember_scores: torch.Tensor, threshold: float | None = None,
+    nonmember_units: int | None = None,
 ) -> dict[str, float]:
     """ROC-AUC, TPR at 1% / 0.1% FPR, and the member rates.
 
@@ -208,6 +235,8 @@ def attack_metrics(
         nonmember_scores: Scores of known non-members (the test set).
         threshold: Member if ``score >= threshold`` (an attack's calibrated decision); ``None``: member if above the
             non-members' median, so non-members get a rate of about 0.5.
+        nonmember_units: Independent non-member units (patients) behind the non-member scores; TPR at FPR ``t`` is
+            NaN below ``10 / t`` of them (default: the number of non-member scores).
 
     Returns:
         ``auc``, ``tpr@1%fpr``, ``tpr@0.1%fpr``, ``member_rate`` (share of members called members),
@@ -218,6 +247,7 @@ def attack_metrics(
     fpr, tpr, _ = binary_roc(scores, target)
     fpr, tpr = fpr.numpy(), tpr.numpy()
     m, n = member_scores.double(), nonmember_scores.double()
+    units = len(nonmember_scores) if nonmember_units is None else nonmember_units
     if threshold is None:
         median = float(n.median())
         member_rate, nonmember_rate = float((m > median).double().mean()), float((n > median).double().mean())
@@ -226,14 +256,26 @@ def attack_metrics(
         member_rate, nonmember_rate = float((m >= threshold).double().mean()), float((n >= threshold).double().mean())
     return {
         "auc": float(binary_auroc(scores, target)),
-        "tpr@1%fpr": tpr_at_fpr(fpr, tpr, 0.01),
-        "tpr@0.1%fpr": tpr_at_fpr(fpr, tpr, 0.001),
+        **{key: tpr_at_fpr(fpr, tpr, t, units) for key, t in FPR_TARGETS.items()},
         "member_rate": member_rate,
         "nonmember_rate": nonmember_rate,
         "threshold": float(threshold),
         "n_members": len(member_scores),
         "n_nonmembers": len(nonmember_scores),
     }
+
+
+def patient_attack_metrics(member_scores: torch.Tensor | np.ndarray, member_groups: np.ndarray,
+                           nonmember_scores: torch.Tensor | np.ndarray, nonmember_groups: np.ndarray,
+                           how: str = "mean") -> dict[str, float]:
+    """Attack metrics per patient: each patient's score is the ``mean`` or ``max`` of its studies' scores; keys are
+    prefixed ``patient_`` (mean) or ``patient_max_`` (max): ``auc``, the TPRs at FPR (``n/a`` below ``10 / FPR``
+    non-member patients) and the patient counts."""
+    _, members = patient_scores(np.asarray(member_scores, dtype=float), member_groups, how)
+    _, nonmembers = patient_scores(np.asarray(nonmember_scores, dtype=float), nonmember_groups, how)
+    metrics = attack_metrics(torch.from_numpy(members), torch.from_numpy(nonmembers))
+    prefix = "patient_" if how == "mean" else f"patient_{how}_"
+    return {f"{prefix}{k}": metrics[k] for k in ("auc", *FPR_TARGETS, "n_members", "n_nonmembers")}
 
 
 def reference_out_values(data: AttackData, fn, part: str) -> list[torch.Tensor]:

@@ -19,7 +19,9 @@ class LiRAAttack(MembershipAttack):
 
     Args:
         global_variance: Pool the OUT variance over all samples (robust with few reference models); otherwise a
-            per-sample standard deviation (needs at least 2 OUT models per sample).
+            per-sample standard deviation, refused unless every sample has at least 2 OUT models (with one, its
+            standard deviation is 0 and the score infinite): ``--audit.lira_variance per_sample`` needs
+            ``--audit.reference_models`` >= 4 (each retain sample is OUT for ``K - K // 2`` models).
     """
 
     opt_in = True
@@ -37,6 +39,11 @@ class LiRAAttack(MembershipAttack):
             sd = residuals[~residuals.isnan()].std()
             sds = {p: torch.full_like(m, float(sd)) for p, m in means.items()}
         else:
+            fewest = min(int((~v.isnan()).sum(0).min()) for v in phis.values())
+            if fewest < 2:
+                raise ValueError(f"LiRA per-sample variance needs at least 2 OUT reference models for every sample; "
+                                 f"some have {fewest}: use --audit.reference_models >= 4 or "
+                                 f"--audit.lira_variance pooled")
             sds = {}
             for p, v in phis.items():
                 n = (~v.isnan()).sum(0)

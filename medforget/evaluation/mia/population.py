@@ -2,8 +2,9 @@
 (val, held out), then applied to the forget set (the SalUn / Forget-MI style MIA).
 
 Class-balanced (retain is much larger than val), cross-validated (the regularisation strength is chosen by
-stratified k-fold ROC-AUC on retain vs val; the best cross-validated AUC is reported as ``cv_auc``), and applied to
-forget and test samples the classifier never saw. The classifier's own decision gives the member rate.
+stratified k-fold ROC-AUC on retain vs val, with folds grouped by patient so that one patient's studies never sit on
+both sides of a fold (``StratifiedGroupKFold``); the best cross-validated AUC is reported as ``cv_auc``), and applied
+to forget and test samples the classifier never saw. The classifier's own decision gives the member rate.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from abc import abstractmethod
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -70,13 +71,16 @@ class _PopulationAttack(MembershipAttack):
         feats = {part: membership_features(*outputs) for part, outputs in data.target.items()}
         x = np.concatenate([feats["retain"], feats["val"]])
         y = np.r_[np.ones(len(feats["retain"])), np.zeros(len(feats["val"]))]
-        folds = min(self.folds, len(feats["retain"]), len(feats["val"]))
+        retain_groups, val_groups = data.group("retain"), data.group("val")
+        groups = np.r_[retain_groups, val_groups + retain_groups.max() + 1]  # (retain and val never share a patient)
+        n_retain, n_val = len(np.unique(retain_groups)), len(np.unique(val_groups))
+        folds = min(self.folds, n_retain, n_val)
         if folds < 2:
-            raise ValueError(f"{type(self).__name__} needs at least 2 retain and 2 val samples to cross-validate; got "
-                             f"{len(feats['retain'])} retain and {len(feats['val'])} val")
+            raise ValueError(f"{type(self).__name__} needs at least 2 retain and 2 val patients to cross-validate; got "
+                             f"{n_retain} retain and {n_val} val")
         search = GridSearchCV(self.estimator(), self.param_grid, scoring="roc_auc",
-                              cv=StratifiedKFold(folds, shuffle=True, random_state=self.seed))
-        search.fit(x, y)
+                              cv=StratifiedGroupKFold(folds, shuffle=True, random_state=self.seed))
+        search.fit(x, y, groups=groups)
         self.cv_auc, self.best_params, self._fitted = float(search.best_score_), search.best_params_, search
         return {part: torch.from_numpy(search.decision_function(f).astype(np.float64)) for part, f in feats.items()}
 
