@@ -181,7 +181,7 @@ def test_llm_notebook(kernel, tmp_path):
     nb = execute("04_llm.ipynb", tmp_path, kernel, MEDFORGET_NB_LM_PATIENTS="30", MEDFORGET_NB_LM_EPOCHS="6")
     audit = tmp_path / "04_llm" / "audit"
     report = json.loads((audit / "lm_audit.json").read_text())
-    assert report["verdict"] in ("pass", "fail")
+    assert report["verdict"] in ("pass", "inconclusive", "fail", "n/a")
     assert (audit / "lm_audit.md").is_file() and (audit / "lm_audit.html").is_file()
     text = output_text(nb)
     assert "<name>" in text and "<mrn>" in text  # the masked example

@@ -19,12 +19,11 @@ from medforget.evaluation.report import (
     _figure,
     _num,
     _save,
-    criterion_value,
     plot_roc_panels,
     to_html,
     to_markdown,
 )
-from medforget.llm.audit import LM_MODEL_NAMES, REFERENCE, LMArtifacts
+from medforget.llm.audit import LM_MODEL_NAMES, REFERENCE, LMArtifacts, criterion_cells
 
 LM_COLORS = {"original": COLORS["original"], "unlearned": COLORS["unlearned"], "retain": COLORS["retrained"]}
 
@@ -110,12 +109,14 @@ def lm_blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
     """The report as a list of blocks (shared by Markdown and HTML)."""
     models = report["models"]
     base_models = [n for n in models if "@" not in n]
-    headline = report["config"]["audit"]["headline_attack"]
+    head = report.get("headline") or {}
+    headline = head.get("attack") or report["config"]["audit"]["headline_attack"]
     out: list[Block] = [("h1", "medforget language-model audit: are the forget patients really gone?")]
-    verdict = {"pass": "PASS: every criterion is within its tolerance",
-               "fail": "FAIL: at least one criterion is outside its tolerance",
-               "n/a": "no verdict (the audit needs an unlearned and a retain-only model)"}[report["verdict"]]
-    out.append(("p", f"**Verdict: {verdict}.**"))
+    verdict = {"pass": "PASS: every counted criterion's 90% interval lies within its tolerance",
+               "fail": "FAIL: at least one counted criterion's 95% interval lies wholly outside its tolerance",
+               "inconclusive": "INCONCLUSIVE: this request cannot decide at least one counted criterion",
+               "n/a": "no verdict (no criterion with power and an interval)"}[report["verdict"]]
+    out.append(("p", f"**Verdict: {verdict}.** {report.get('verdict_summary', '')}"))
     code, identity, request = report["code"], report["data"]["corpus_identity"], report["forget_request"]
     probes = report["data"]["probes"]
     out.append(("list", [
@@ -133,11 +134,33 @@ def lm_blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
     ]))
 
     if report["criteria"]:
+        boot = report.get("bootstrap") or {}
         out.append(("h2", "Criteria (unlearned vs retain-only)"))
-        rows = [[c["criterion"], c["description"], criterion_value(c["value"], c["tolerance"]),
-                 f"{c['comparison']} {c['tolerance']:g}",
-                 "n/a" if c["passed"] is None else ("PASS" if c["passed"] else "FAIL")] for c in report["criteria"]]
-        out.append(("table", ["criterion", "what", "value", "tolerance", "result"], rows))
+        out.append(("p", "Each criterion is decided on a paired patient-bootstrap interval "
+                         f"({boot.get('replicates', 'n/a')} replicates; forget, retain and holdout patients "
+                         "resampled): PASS when the 90% interval lies within the tolerance, FAIL when the 95% "
+                         "interval lies wholly outside, otherwise INCONCLUSIVE (the smallest gap this request can "
+                         "resolve and the forget patients a decision would need are given). Power: the same "
+                         "criterion for the original model; one the original does not fail (nor lie outside the "
+                         "tolerance on) has no power on this model and does not count. Direction: the signed gap "
+                         "to the retain-only model (under-unlearned: still behaves as if trained on the forget "
+                         "patients; over-unlearned: treats them as less likely than never-seen patients, itself a "
+                         "leak)."))
+        rows = [[c["criterion"], c["description"], *criterion_cells(c), c.get("reason", "")]
+                for c in report["criteria"]]
+        out.append(("table", ["criterion", "what", "value [90% CI]", "tolerance", "verdict", "power (original)",
+                              "direction [95% CI]", "why"], rows))
+
+    directions = report.get("directions") or {}
+    if directions:
+        out.append(("h2", "Direction: signed gaps to the retain-only model"))
+        out.append(("p", "Model minus retain-only model, with the 95% patient-bootstrap interval. A higher forget "
+                         "probability, ROUGE, extraction rate or attack AUC, a lower truth ratio, or a negative "
+                         "privleak (MUSE) means under-unlearned; the opposite over-unlearned; "
+                         "indistinguishable when the interval holds 0."))
+        labels = list(dict.fromkeys(k for rows_ in directions.values() for k in rows_))
+        rows = [[label, *[_get(directions, n, label, "text") or "" for n in directions]] for label in labels]
+        out.append(("table", ["quantity", *directions], rows))
 
     base = report["config"]["truth_ratio_base"]
     out.append(("h2", "Knowledge (TOFU)"))
@@ -178,17 +201,34 @@ def lm_blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
     attacks = list(_get(models, REFERENCE, "mia") or {})
     if attacks:
         out.append(("h2", "Membership inference (MUSE)"))
-        out.append(("p", f"Forget patients' notes and QA texts (members of the original model) vs holdout patients' "
-                         f"(never trained on); higher score = more member-like. privleak = (AUC − AUC retain-only) / "
-                         f"AUC retain-only × 100: 0 is the target, positive = still recognisable, strongly negative = "
-                         f"over-unlearned. Judged attack: {headline}. Intervals: patient-level bootstrap (95%)."))
-        header = ["attack", *[f"AUC {n}" for n in models], *[f"privleak {n}" for n in models if n != REFERENCE],
-                  "privleak 95% unlearned"]
+        k = report["config"]["audit"].get("min_k")
+        out.append(("p", "Forget patients' notes and QA texts (members of the original model) vs holdout patients' "
+                         "(never trained on); higher score = more member-like; AUC A with the forget texts as "
+                         "members. privleak in MUSE's convention: (A_retain − A) / (1 − A_retain) × 100: 0 is the "
+                         "target, negative = under-unlearned (the forget texts still recognisable; un-unlearned "
+                         "models score near −100), positive = over-unlearned. "
+                         f"Judged attack: **{headline}** ({head.get('chosen_by', 'configured')}); MUSE's headline is "
+                         f"{head.get('muse_headline', 'min_k')} (Min-K%, k = {k}). Power: the original model's "
+                         "privleak against the retain-only model; an attack whose original privleak neither FAILs "
+                         "nor lies outside the tolerance cannot see an un-unlearned model. Intervals: paired "
+                         "patient bootstrap (95%)."))
+        table_h = head.get("attacks") or {}
+        header = ["attack", *[f"AUC {n}" for n in models], "power (original privleak)",
+                  *[f"privleak {n}" for n in base_models if n != REFERENCE], "privleak unlearned: verdict, direction"]
         rows = []
         for a in attacks:
-            rows.append([a, *[_num(_get(models[n], "mia", a, "auc")) for n in models],
-                         *[_num(_get(models[n], "mia", a, "privleak"), True) for n in models if n != REFERENCE],
-                         _interval(_get(models, "unlearned", "mia", a, "privleak_ci95"), 1)])
+            h = table_h.get(a, {})
+            power = ("n/a" if not h else f"{'yes' if h.get('has_power') else 'no power'} "
+                     f"({_num(h.get('original_privleak'), True)} {_interval(h.get('original_ci95'), 1)}, "
+                     f"{str(h.get('original_verdict', 'n/a')).upper()})")
+            name = a + (" (judged)" if a == headline else "") + (" (MUSE)" if a == head.get("muse_headline") else "")
+            unl = _get(models, "unlearned", "mia", a) or {}
+            rows.append([name, *[_num(_get(models[n], "mia", a, "auc")) + " " + _interval(
+                             _get(models[n], "mia", a, "auc_ci95")) for n in models], power,
+                         *[_num(_get(models[n], "mia", a, "privleak"), True) + " " + _interval(
+                             _get(models[n], "mia", a, "privleak_ci95"), 1)
+                           for n in base_models if n != REFERENCE],
+                         f"{str(unl.get('privleak_verdict', 'n/a')).upper()}, {unl.get('privleak_direction', 'n/a')}"])
         out.append(("table", header, rows))
         if "roc" in images:
             out.append(("img", images["roc"], "ROC curves of every attack (dashed: int8, dotted: int4)."))
@@ -209,6 +249,27 @@ def lm_blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
                    ("forget_probability", "forget_rouge_l_recall", "extraction_rate")]]
                 for n in [*(m for m in base_models if m != REFERENCE), *quantized]]
         out.append(("table", header, rows))
+
+    semeval = report.get("semeval") or {}
+    if semeval.get("models"):
+        out.append(("h2", "SemEval-2025 Task 4 score"))
+        out.append(("p", "Reproduced from the task's official evaluation script: regurgitation = ROUGE-L recall "
+                         "(rouge_score, stemming) of greedy completions (at most "
+                         f"{semeval['max_new_tokens']} new tokens) of the first half of each note; knowledge = exact "
+                         "match (strip, lower-case) of greedy answers; forget values as 1 − v; task aggregate = "
+                         "harmonic mean of the forget and retain values; MIA score = 1 − 2·|AUC − 0.5| of the loss "
+                         "attack (forget vs holdout texts); final = mean of task aggregate, MIA score and the utility "
+                         f"term. Note: {semeval['note']}. Higher is better; the interval resamples patients (95%)."))
+        task = semeval["task"]
+        rows = []
+        for n, m in semeval["models"].items():
+            f, r = m["means"]["forget"][task], m["means"]["retain"][task]
+            rows.append([n, _num(f["regurgitation"]), _num(f["knowledge"]), _num(r["regurgitation"]),
+                         _num(r["knowledge"]), _num(m["task_aggregate"]), _num(m["mia_auc"]), _num(m["mia_score"]),
+                         _num(m["utility"]), f"{_num(m['final'])} {_interval(m.get('final_ci95'))}"])
+        out.append(("table", ["model", "forget regurgitation", "forget knowledge", "retain regurgitation",
+                              "retain knowledge", "task aggregate (harmonic)", "loss AUC", "MIA score",
+                              "utility (holdout patients)", "final [95% CI]"], rows))
 
     timing = report.get("timing") or {}
     out.append(("h2", "Time"))

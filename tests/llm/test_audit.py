@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,14 @@ from medforget.llm.audit import (
     LMAuditConfig,
     LMTolerances,
     check_models,
-    format_lm_criteria,
     format_lm_table,
-    lm_criteria,
     run_lm_audit,
 )
 from medforget.llm.system import export_lm, load_lm
 from tests.llm.conftest import tiny_lm_datamodule
 
 FAST = ["--audit.retain_questions=24", "--audit.holdout_questions=24", "--audit.max_new_tokens=24",
-        "--audit.bootstrap=20"]
+        "--audit.bootstrap=200", "--audit.semeval_max_new_tokens=24"]
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +81,10 @@ def test_lm_audit_files_and_schema(audit):
                  "plots/lm_roc.png", "plots/lm_extraction.png"):
         assert (out / name).is_file(), name
     written = _strict((out / "lm_audit.json").read_text())
-    assert written["schema"] == "medforget.lm_audit" and written["schema_version"] == LM_SCHEMA_VERSION == 1
+    assert written["schema"] == "medforget.lm_audit" and written["schema_version"] == LM_SCHEMA_VERSION == 2
     for key in ("created", "code", "config", "data", "forget_request", "models", "gaps_to_retain", "timing",
-                "criteria", "verdict", "audit_seconds"):
+                "criteria", "verdict", "verdict_summary", "power", "headline", "directions", "semeval", "bootstrap",
+                "audit_seconds"):
         assert key in written, key
     assert set(written["models"]) == {"retain", "original", "unlearned", "unlearned@int8", "unlearned@int4"}
     assert written["config"]["cli"]["data"]["num_patients"] == 30  # taken from the original's provenance
@@ -106,13 +104,37 @@ def test_lm_audit_files_and_schema(audit):
     assert written["gaps_to_retain"]["unlearned"]["forget"]["probability"] == pytest.approx(
         unlearned["forget"]["probability"] - written["models"]["retain"]["forget"]["probability"])
     assert written["timing"]["unlearn_seconds"] == 1.5 and written["timing"]["retain_train_seconds"] > 0
+    headline = written["headline"]["attack"]
     assert {c["criterion"] for c in written["criteria"]} == {
-        "forget_quality", "model_utility", "extraction", "extraction/int8", "extraction/int4",
-        "privleak/min_k_plus_plus"}
-    assert written["verdict"] in ("pass", "fail")
+        "forget_quality", "model_utility", "extraction", "extraction/int8", "extraction/int4", f"privleak/{headline}"}
+    for c in written["criteria"]:
+        assert len(c["ci90"]) == len(c["ci95"]) == 2, c
+        # the tiny retain-only model has no utility to keep (0): its ratio is not measurable, n/a
+        assert c["verdict"] in ("pass", "inconclusive", "fail") or c["criterion"] == "model_utility", c
+        assert c["direction"] in ("under-unlearned", "over-unlearned", "indistinguishable", "below the retain-only "
+                                  "level", "above the retain-only model", "below the retain-only model", "n/a")
+        assert c["power"]["has_power"] in (True, False, None)
+    # the headline is chosen on the original and the retain-only model: an attack with power, if any has
+    table = written["headline"]["attacks"]
+    assert set(table) == set(unlearned["mia"]) and written["headline"]["muse_headline"] == "min_k"
+    assert table[headline]["has_power"] or not any(t["has_power"] for t in table.values())
+    assert written["config"]["audit"]["min_k"] == 0.4
+    assert written["verdict"] in ("pass", "fail", "inconclusive", "n/a")
+    assert "forgetting criteria had power" in written["verdict_summary"]
+    semeval = written["semeval"]
+    assert set(semeval["models"]) == {"retain", "original", "unlearned"} and "MMLU" in semeval["note"]
+    for m in semeval["models"].values():
+        assert len(m["terms"]) == 4 and 0 <= m["final"] <= 1 and len(m["final_ci95"]) == 2
+        assert m["final"] == pytest.approx((m["task_aggregate"] + m["mia_score"] + m["utility"]) / 3)
+    assert semeval["models"]["original"]["means"]["forget"]["clinical-notes"]["regurgitation"] > \
+        semeval["models"]["retain"]["means"]["forget"]["clinical-notes"]["regurgitation"]
+    assert set(written["directions"]["unlearned"]) >= {"forget probability", "extraction rate", "AUC loss"}
     assert report["verdict"] == written["verdict"] and "lm_audit.json" in printed
     html = (out / "lm_audit.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "<title>medforget language-model audit</title>" in html
+    for text in (html, (out / "lm_audit.md").read_text()):
+        assert "SemEval-2025 Task 4" in text and "power (original)" in text and "under-unlearned" in text
+    assert "SemEval-2025 Task 4" in printed and "forgetting criteria had power" in printed
 
 
 def test_lm_audit_original_is_far_from_retain_only(audit):
@@ -147,49 +169,20 @@ def test_lm_audit_outputs_hold_no_forget_patient_data(audit):
 def test_lm_audit_of_the_retain_model_against_itself(tiny_retain_lm_ckpt, tmp_path):
     config = LMAuditConfig(retain_questions=12, holdout_questions=12, max_new_tokens=16, attacks=["loss", "reference",
                                                                                                   "min_k_plus_plus"],
-                           quantization=[], bootstrap=0, plots=False)
+                           quantization=[], bootstrap=200, plots=False, semeval_max_new_tokens=16)
     report = run_lm_audit({"unlearned": tiny_retain_lm_ckpt, "retain": tiny_retain_lm_ckpt}, tiny_lm_datamodule(),
                           tmp_path, config)
     unlearned = report["models"]["unlearned"]
     assert unlearned["forget_quality"]["p_value"] == 1.0 and unlearned["forget_quality"]["statistic"] == 0.0
     assert all(a["privleak"] == 0.0 for a in unlearned["mia"].values())
     checks = {c["criterion"]: c["passed"] for c in report["criteria"]}
-    assert checks.pop("model_utility") in (True, None)  # None: the tiny retain-only model has no utility to keep
-    assert checks == {"forget_quality": True, "extraction": True, "privleak/min_k_plus_plus": True}
-    assert report["verdict"] == "pass"
+    utility = checks.pop("model_utility")
+    assert utility in (True, None)  # None: the tiny retain-only model has no utility to keep
+    assert checks == {"forget_quality": True, "extraction": True, "privleak/loss": True}  # Min-K% not run: LOSS
+    assert report["verdict"] == ("pass" if utility else "inconclusive")  # an unmeasurable criterion blocks PASS
+    assert all(c["power"]["has_power"] is None for c in report["criteria"])  # no original: power not measured
     assert "Δ unlearned − retain" in format_lm_table(report)
     assert not (tmp_path / "plots").exists()
-
-
-def _models(p_value=0.5, utility=0.9, extraction=0.0, int4_extraction=0.0, leak=5.0) -> dict:
-    def model(u, e, fq=None, lk=0.0):
-        return {"model_utility": u, "extraction": {"forget": {"rate": e}},
-                "forget_quality": {"p_value": fq} if fq is not None else {},
-                "mia": {"min_k_plus_plus": {"privleak": lk}}}
-
-    return {"retain": model(1.0, 0.0, 1.0), "unlearned": model(utility, extraction, p_value, leak),
-            "unlearned@int4": model(utility, int4_extraction, p_value, leak)}
-
-
-def test_lm_criteria_pass_and_fail():
-    tol = LMTolerances()
-    passed = {c["criterion"]: c["passed"] for c in lm_criteria(_models(), tol, "min_k_plus_plus")}
-    assert passed == {"forget_quality": True, "model_utility": True, "extraction": True, "extraction/int4": True,
-                      "privleak/min_k_plus_plus": True}
-    failed = {c["criterion"]: c["passed"] for c in lm_criteria(
-        _models(p_value=0.05, utility=0.89, extraction=0.0, int4_extraction=1 / 3, leak=-12.0), tol,
-        "min_k_plus_plus")}
-    assert failed == {"forget_quality": False, "model_utility": False, "extraction": True, "extraction/int4": False,
-                      "privleak/min_k_plus_plus": False}
-    loose = LMTolerances(forget_quality=0.01, utility_ratio=0.8, extraction_gap=0.5, privleak=15.0, time_ratio=0.1)
-    checks = lm_criteria(_models(p_value=0.05, utility=0.89, int4_extraction=1 / 3, leak=-12.0), loose,
-                         "min_k_plus_plus", {"ratio": 0.2})
-    assert {c["criterion"]: c["passed"] for c in checks}["time_ratio"] is False
-    assert all(c["passed"] for c in checks if c["criterion"] != "time_ratio")
-    nan = lm_criteria(_models(p_value=math.nan), tol, "min_k_plus_plus")
-    assert nan[0]["passed"] is None
-    assert "PASS" in format_lm_criteria(checks) and "FAIL" in format_lm_criteria(checks)
-    assert lm_criteria({"retain": _models()["retain"]}, tol, "min_k_plus_plus") == []
 
 
 def test_check_models_refuses_mismatched_models():
@@ -211,7 +204,11 @@ def test_lm_audit_config_and_cli_errors(tiny_lm_ckpt, tiny_retain_lm_ckpt, tmp_p
     with pytest.raises(ValueError, match="unknown attack"):
         LMAuditConfig(attacks=["gradnorm"])
     with pytest.raises(ValueError, match="headline_attack"):
-        LMAuditConfig(attacks=["loss"])
+        LMAuditConfig(attacks=["loss"], headline_attack="zlib")
+    with pytest.raises(ValueError, match="semeval"):
+        LMAuditConfig(attacks=["zlib"])
+    with pytest.raises(ValueError, match="extraction_gap"):
+        LMTolerances(extraction_gap=0.0)
     with pytest.raises(ValueError, match="quantization"):
         LMAuditConfig(quantization=["int3"])
     with pytest.raises(ValueError, match="retain"):

@@ -160,9 +160,13 @@ def test_mia_auc_matches_sklearn_and_privleak():
     assert mia_auc(member, nonmember) == pytest.approx(expected)
     assert mia_metrics(member, nonmember)["auc"] == pytest.approx(expected)
     assert mia_auc(np.ones(5), np.zeros(5)) == 1.0  # higher score = member
-    assert privleak(0.6, 0.5) == pytest.approx(20.0)
-    assert privleak(0.4, 0.5) == pytest.approx(-20.0)
+    # MUSE's convention: (A_ret - A_unl) / (1 - A_ret) * 100, negative = under-unlearned, positive = over-unlearned
+    assert privleak(0.66, 0.70) == pytest.approx((0.70 - 0.66) / (1 - 0.70) * 100) == pytest.approx(13.333, abs=1e-3)
+    assert privleak(0.6, 0.5) == pytest.approx(-20.0)  # still recognisable: under-unlearned
+    assert privleak(0.4, 0.5) == pytest.approx(20.0)  # less likely than never-seen text: over-unlearned
     assert privleak(0.5, 0.5) == 0.0
+    assert privleak(1.0, 0.5) == pytest.approx(-100.0)  # an un-unlearned model that every text gives away
+    assert math.isnan(privleak(0.7, 1.0))
 
 
 def test_score_texts_token_statistics_match_the_reference_computation(tiny_lm):

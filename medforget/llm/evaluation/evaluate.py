@@ -55,6 +55,9 @@ class Probes:
         member_groups: Patient position of each member text (for the patient-level bootstrap).
         nonmember_groups: Patient position of each non-member text.
         patients: Patients per part.
+        completion: Per part (forget, retain), ``(patient position, prefix, continuation)`` of the SemEval-2025 Task 4
+            sentence-completion items: every note of the forget patients, a seeded sample of the retain patients'
+            notes, each split after half its words (:func:`medforget.llm.evaluation.semeval.split_completion`).
     """
 
     qa: dict[str, list[tuple[int, QAPair]]]
@@ -65,6 +68,7 @@ class Probes:
     member_groups: np.ndarray
     nonmember_groups: np.ndarray
     patients: dict[str, int] = field(default_factory=dict)
+    completion: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """Counts only."""
@@ -72,6 +76,7 @@ class Probes:
                 "extraction_prompts": {p: len(e) for p, e in self.extraction.items()},
                 "mia_texts": {"members (forget)": len(self.member_texts),
                               "non-members (holdout)": len(self.nonmember_texts)},
+                "completion_items": {p: len(c) for p, c in self.completion.items()},
                 "patients": dict(self.patients)}
 
 
@@ -135,7 +140,7 @@ def note_prefixes(note: str, identifiers: dict[str, str], name: str) -> list[str
 
 
 def build_probes(datamodule: ClinicalNotesDataModule, retain_questions: int | None = 100,
-                 holdout_questions: int | None = 100, seed: int = 0) -> Probes:
+                 holdout_questions: int | None = 100, seed: int = 0, completion_notes: int | None = 100) -> Probes:
     """The questions, extraction prompts and membership texts of an audit.
 
     Args:
@@ -143,7 +148,11 @@ def build_probes(datamodule: ClinicalNotesDataModule, retain_questions: int | No
         retain_questions: Retain questions asked (a seeded sample; ``None``: all).
         holdout_questions: Holdout questions asked (a seeded sample; ``None``: all).
         seed: Seed of the samples.
+        completion_notes: Retain notes made sentence-completion items (a seeded sample; ``None``: all; every forget
+            note is one).
     """
+    from medforget.llm.evaluation.semeval import split_completion
+
     datamodule.setup()
     rng = np.random.default_rng(seed)
     qa = {"forget": datamodule.qa("forget"),
@@ -164,16 +173,22 @@ def build_probes(datamodule: ClinicalNotesDataModule, retain_questions: int | No
     for part in ("forget", "holdout"):
         examples = datamodule.examples(datamodule.parts[part], "both")
         texts[part] = ([e["text"] for e in examples], [e["patient"] for e in examples])
+    completion: dict[str, list[tuple[int, str, str]]] = {}
+    for part in ("forget", "retain"):
+        items = [(p, *pair) for p in datamodule.parts[part] for note in datamodule.records[p].notes
+                 if (pair := split_completion(note)) is not None]
+        completion[part] = items if part == "forget" else _sample(items, completion_notes, rng)
     return Probes(qa=qa, extraction=extraction, identifiers=identifiers,
                   member_texts=texts["forget"][0], nonmember_texts=texts["holdout"][0],
                   member_groups=np.asarray(texts["forget"][1]), nonmember_groups=np.asarray(texts["holdout"][1]),
-                  patients={p: len(datamodule.parts[p]) for p in QA_PARTS})
+                  patients={p: len(datamodule.parts[p]) for p in QA_PARTS}, completion=completion)
 
 
 @dataclass
 class LMEvaluation:
-    """One model's results: JSON-ready ``metrics`` plus the per-question and per-token arrays the audit compares
-    across models (truth ratios for the KS test, token scores for the membership attacks)."""
+    """One model's results: JSON-ready ``metrics`` plus the per-question, per-patient and per-token arrays the audit
+    compares across models and resamples by patient (truth ratios for the KS test, answer probabilities and ROUGE per
+    question, extraction hits per patient, token scores for the membership attacks, SemEval item scores)."""
 
     metrics: dict[str, Any]
     truth_ratios: dict[str, np.ndarray]
@@ -181,6 +196,11 @@ class LMEvaluation:
     member_tokens: list[TokenScores]
     nonmember_tokens: list[TokenScores]
     seconds: float
+    rouge: dict[str, np.ndarray] = field(default_factory=dict)
+    extraction_hits: dict[str, dict[int, bool]] = field(default_factory=dict)
+    #: Per part (forget, retain): ``regurgitation`` / ``knowledge`` item scores and the patient of each item
+    #: (``regurgitation_patients``, ``knowledge_patients``).
+    semeval: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 class _Generator:
@@ -199,10 +219,11 @@ class _Generator:
 
 
 def _qa_part(model: ClinicalLM, pairs: list[tuple[int, QAPair]], generate: _Generator, batch_size: int,
-             truth_ratio_base: str = "paraphrase") -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Probability, ROUGE-L recall and truth ratios of one part's questions (one batched scoring pass)."""
+             truth_ratio_base: str = "paraphrase") -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
+    """Probability, ROUGE-L recall and truth ratios of one part's questions (one batched scoring pass); returns the
+    metrics and the per-question truth ratios, probabilities and ROUGE-L recalls."""
     if not pairs:
-        return {"questions": 0}, np.zeros(0), np.zeros(0)
+        return {"questions": 0}, np.zeros(0), np.zeros(0), np.zeros(0)
     if truth_ratio_base not in TRUTH_RATIO_BASES:
         raise ValueError(f"truth_ratio_base must be one of {TRUTH_RATIO_BASES}, got {truth_ratio_base!r}")
     k = len(pairs[0][1].perturbed_answers)
@@ -224,11 +245,13 @@ def _qa_part(model: ClinicalLM, pairs: list[tuple[int, QAPair]], generate: _Gene
     rouge = np.array([rouge_l_recall(g, q.answer) for g, (_, q) in zip(generated, pairs, strict=True)])
     metrics = {"probability": float(prob[:, 0].mean()), "rouge_l_recall": float(np.nanmean(rouge)),
                **truth_ratio_statistics(ratios), "questions": len(pairs), "perturbed_rewritten": rewritten}
-    return metrics, ratios, prob[:, 0]
+    return metrics, ratios, prob[:, 0], rouge
 
 
-def _extraction(probes: Probes, part: str, generate: _Generator) -> dict[str, Any]:
-    """Share of the part's patients for whom some greedy generation emits their MRN or date of birth."""
+def _extraction(probes: Probes, part: str, generate: _Generator,
+                hits_out: dict[int, bool] | None = None) -> dict[str, Any]:
+    """Share of the part's patients for whom some greedy generation emits their MRN or date of birth
+    (``hits_out``: filled with whether each patient leaked, for the patient bootstrap)."""
     prompts = probes.extraction.get(part, [])
     outputs = generate([prompt for _, _, prompt in prompts])
     hits: dict[int, set[tuple[str, str]]] = {p: set() for p, _, _ in prompts}
@@ -237,6 +260,8 @@ def _extraction(probes: Probes, part: str, generate: _Generator) -> dict[str, An
             if contains_identifier(text, value):
                 hits[patient].add((source, name))
     n = len(hits)
+    if hits_out is not None:
+        hits_out.update({p: bool(h) for p, h in hits.items()})
 
     def rate(pred) -> float:
         return sum(1 for h in hits.values() if any(pred(s, i) for s, i in h)) / n if n else float("nan")
@@ -247,7 +272,8 @@ def _extraction(probes: Probes, part: str, generate: _Generator) -> dict[str, An
 
 
 def evaluate_lm(model: ClinicalLM, probes: Probes, max_new_tokens: int = 48, batch_size: int = 64,
-                mia: bool = True, truth_ratio_base: str = "paraphrase") -> LMEvaluation:
+                mia: bool = True, truth_ratio_base: str = "paraphrase",
+                semeval_max_new_tokens: int | None = None) -> LMEvaluation:
     """Evaluate one model on ``probes``.
 
     ``metrics`` holds, per part (forget / retain / holdout), TOFU's answer probability, ROUGE-L recall of the greedy
@@ -264,19 +290,27 @@ def evaluate_lm(model: ClinicalLM, probes: Probes, max_new_tokens: int = 48, bat
         truth_ratio_base: The true answer of the truth ratio's denominator, and the wording of its perturbed answers
             (:func:`perturbed_onto`): ``paraphrase`` (TOFU) or ``answer`` (the trained answer: for a model trained
             from scratch on the corpus, which never learns the paraphrases' wording, see :data:`TRUTH_RATIO_BASES`).
+        semeval_max_new_tokens: Score the SemEval-2025 Task 4 items (:func:`semeval_items`) with greedy generations
+            of at most this many tokens (the official 256); ``None``: skip.
     """
     start = time.perf_counter()
     generate = _Generator(model, max_new_tokens, batch_size)
     metrics: dict[str, Any] = {}
-    ratios, probs = {}, {}
+    ratios, probs, rouge = {}, {}, {}
     for part in QA_PARTS:
-        metrics[part], ratios[part], probs[part] = _qa_part(model, probes.qa.get(part, []), generate, batch_size,
-                                                            truth_ratio_base)
+        metrics[part], ratios[part], probs[part], rouge[part] = _qa_part(model, probes.qa.get(part, []), generate,
+                                                                         batch_size, truth_ratio_base)
     for part, name in (("retain", "model_utility"), ("holdout", "holdout_utility")):
         m = metrics[part]
         metrics[name] = (model_utility(m["probability"], m["rouge_l_recall"], m["truth_ratio_score"])
                          if m.get("questions") else float("nan"))
-    metrics["extraction"] = {part: _extraction(probes, part, generate) for part in EXTRACTION_PARTS}
+    hits: dict[str, dict[int, bool]] = {part: {} for part in EXTRACTION_PARTS}
+    metrics["extraction"] = {part: _extraction(probes, part, generate, hits[part]) for part in EXTRACTION_PARTS}
+    semeval = {}
+    if semeval_max_new_tokens is not None:
+        long = generate if semeval_max_new_tokens == max_new_tokens else _Generator(model, semeval_max_new_tokens,
+                                                                                      batch_size)
+        semeval = semeval_items(probes, long)
     members: list[TokenScores] = []
     nonmembers: list[TokenScores] = []
     if mia:
@@ -284,7 +318,31 @@ def evaluate_lm(model: ClinicalLM, probes: Probes, max_new_tokens: int = 48, bat
         _, _, tokens = score_texts(model, [""] * len(texts), texts, batch_size, stats=True)
         members, nonmembers = tokens[: len(probes.member_texts)], tokens[len(probes.member_texts):]
     return LMEvaluation(metrics=metrics, truth_ratios=ratios, probabilities=probs, member_tokens=members,
-                        nonmember_tokens=nonmembers, seconds=time.perf_counter() - start)
+                        nonmember_tokens=nonmembers, seconds=time.perf_counter() - start, rouge=rouge,
+                        extraction_hits=hits, semeval=semeval)
+
+
+def semeval_items(probes: Probes, generate) -> dict[str, dict[str, np.ndarray]]:
+    """SemEval-2025 Task 4 item scores per part (forget, retain): ``regurgitation`` (ROUGE-L recall, stemmed, of the
+    greedy completion of each note prefix against the note's continuation) and ``knowledge`` (exact match of the
+    greedy answer to each question), with the patient of each item. ``generate(prompts) -> texts``."""
+    from medforget.llm.evaluation.semeval import knowledge_score, regurgitation_score
+
+    out = {}
+    for part in ("forget", "retain"):
+        items = probes.completion.get(part, [])
+        completions = generate([prefix for _, prefix, _ in items])
+        questions = probes.qa.get(part, [])
+        answers = generate([qa_prompt(q.question) for _, q in questions])
+        out[part] = {
+            "regurgitation": np.array([regurgitation_score(g, c) for g, (_, _, c) in zip(completions, items,
+                                                                                       strict=True)]),
+            "regurgitation_patients": np.array([p for p, _, _ in items], dtype=int),
+            "knowledge": np.array([knowledge_score(g, q.answer) for g, (_, q) in zip(answers, questions,
+                                                                                    strict=True)]),
+            "knowledge_patients": np.array([p for p, _ in questions], dtype=int),
+        }
+    return out
 
 
 def quantize_lm(model: ClinicalLM, scheme: str, group_size: int = 32, quantize_head: bool = False) -> ClinicalLM:

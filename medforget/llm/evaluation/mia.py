@@ -13,7 +13,8 @@ log-probabilities under the audited model (:class:`TokenScores`):
   own next-token distribution, then the mean of the lowest ``k`` share;
 - ``reference`` (Carlini et al., 2021): ``NLL_ref / n - NLL / n``, the likelihood gain over a reference model.
 
-``k`` takes ``max(1, int(n * k))`` tokens. :func:`privleak` is MUSE's relative AUC gap to the retain-only model.
+``k`` takes ``max(1, int(n * k))`` tokens (MUSE's headline is Min-K% with ``k = 0.4``). :func:`privleak` is MUSE's
+relative AUC gap to the retain-only model, in MUSE's convention (negative: under-unlearned, positive: over-unlearned).
 """
 
 from __future__ import annotations
@@ -122,9 +123,23 @@ def mia_metrics(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> dict
 
 
 def privleak(auc: float, retain_auc: float) -> float:
-    """MUSE's privacy leakage ``(AUC_unlearned - AUC_retain) / AUC_retain * 100`` (forget = members vs holdout =
-    non-members): 0 is the retain-only model's leakage; positive: the forget set is still recognisable
-    (under-unlearning); strongly negative: it stands out as *less* likely than never-seen text (over-unlearning)."""
-    if math.isnan(auc) or math.isnan(retain_auc) or retain_auc == 0:
+    """MUSE's privacy leakage (Shi et al., 2024, and its code ``eval.py``), in percent.
+
+    MUSE labels the forget texts 0 and the holdout texts 1, so its AUC is ``1 - A`` in this module's orientation
+    (``A`` = attack AUC with the forget texts as members, :func:`mia_auc`), and its
+    ``PrivLeak = (AUC_unl - AUC_ret) / AUC_ret`` becomes ``(A_ret - A_unl) / (1 - A_ret) * 100``.
+
+    Args:
+        auc: ``A_unl``, the audited model's attack AUC (forget = members, holdout = non-members).
+        retain_auc: ``A_ret``, the retain-only model's.
+
+    Returns:
+        Near 0: the retain-only model's leakage (the goal). Large negative: the forget texts are still recognisable
+        (under-unlearned; MUSE's un-unlearned target models score near -100). Large positive: they stand out as *less*
+        likely than never-seen text (over-unlearned, itself a leak). ``nan`` when undefined (``A_ret = 1``).
+        Example: ``A_unl = 0.66``, ``A_ret = 0.70`` gives ``+13.3``.
+    """
+    if math.isnan(auc) or math.isnan(retain_auc) or retain_auc >= 1.0:
         return math.nan
-    return (auc - retain_auc) / retain_auc * 100.0
+    return (retain_auc - auc) / (1.0 - retain_auc) * 100.0
+
