@@ -55,3 +55,31 @@ def test_patient_scores_mean_and_max():
     codes, means = patient_scores(np.array([1.0, 3.0, 5.0]), np.array([7, 7, 2]))
     assert list(codes) == [2, 7] and list(means) == [5.0, 2.0]
     assert list(patient_scores(np.array([1.0, 3.0, 5.0]), np.array([7, 7, 2]), "max")[1]) == [5.0, 3.0]
+
+
+def test_patient_bootstrap_of_an_auc_is_seeded_and_patient_level():
+    from medforget.evaluation.verdict import interval
+
+    def aucs(member, nonmember, m_groups, n_groups, reps, seed):
+        rng = np.random.default_rng(seed)
+        return weighted_auc(member, nonmember, patient_weights(m_groups, reps, rng),
+                            patient_weights(n_groups, reps, rng))
+
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.normal(1.0, 1.0, 40), rng.normal(0.0, 1.0, 60)
+    m_groups, n_groups = np.repeat(np.arange(10), 4), np.repeat(np.arange(20), 3)  # 10 and 20 patients
+    out = aucs(members, nonmembers, m_groups, n_groups, 100, 3)
+    assert out.shape == (100,)
+    np.testing.assert_array_equal(out, aucs(members, nonmembers, m_groups, n_groups, 100, 3))  # seeded
+    lo, hi = interval(out, 0.95)
+    point = roc_auc_score(np.r_[np.ones(40), np.zeros(60)], np.r_[members, nonmembers])
+    assert lo < point < hi
+    # perfectly separated: every resample has AUC 1
+    assert interval(aucs(members + 100, nonmembers, m_groups, n_groups, 20, 0), 0.95) == pytest.approx([1.0, 1.0])
+    # a single member patient is drawn in every resample; the non-member patients are still resampled
+    assert aucs(members[:4], nonmembers, np.zeros(4), n_groups, 30, 1).std() > 0
+    # resampling patients (clusters) gives a wider interval than treating correlated studies as independent
+    clustered = np.repeat(rng.normal(0.5, 1.0, 10), 4)  # 4 identical studies per member patient
+    wide = interval(aucs(clustered, nonmembers, m_groups, n_groups, 300, 0), 0.95)
+    narrow = interval(aucs(clustered, nonmembers, np.arange(40), np.arange(60), 300, 0), 0.95)
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]

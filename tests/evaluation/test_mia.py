@@ -429,34 +429,6 @@ def test_attack_data_requires_every_part():
         AttackData({"forget": (torch.randn(2, C), torch.zeros(2))})
 
 
-def test_patient_bootstrap_is_paired_seeded_and_patient_level():
-    from medforget.evaluation.mia.base import ci95, patient_bootstrap_aucs
-
-    rng = np.random.default_rng(0)
-    members, nonmembers = rng.normal(1.0, 1.0, 40), rng.normal(0.0, 1.0, 60)
-    m_groups, n_groups = np.repeat(np.arange(10), 4), np.repeat(np.arange(20), 3)  # 10 and 20 patients
-    scores = {"a": (members, nonmembers), "b": (members + 0.0, nonmembers)}
-    out = patient_bootstrap_aucs(scores, m_groups, n_groups, reps=100, seed=3)
-    assert out["a"].shape == (100,)
-    np.testing.assert_array_equal(out["a"], out["b"])  # same resamples for every model: paired
-    np.testing.assert_array_equal(out["a"], patient_bootstrap_aucs(scores, m_groups, n_groups, 100, 3)["a"])
-    lo, hi = ci95(out["a"])
-    point = roc_auc_score(np.r_[np.ones(40), np.zeros(60)], np.r_[members, nonmembers])
-    assert lo < point < hi
-    # perfectly separated: every resample has AUC 1
-    perfect = patient_bootstrap_aucs({"p": (members + 100, nonmembers)}, m_groups, n_groups, reps=20)
-    assert ci95(perfect["p"]) == pytest.approx([1.0, 1.0])
-    # a single member patient is drawn in every resample; the non-member patients are still resampled
-    one = patient_bootstrap_aucs({"o": (members[:4], nonmembers)}, np.zeros(4), n_groups, reps=30, seed=1)
-    assert one["o"].std() > 0
-    # resampling patients (clusters) gives a wider interval than treating correlated studies as independent
-    clustered = np.repeat(rng.normal(0.5, 1.0, 10), 4)  # 4 identical studies per member patient
-    wide = patient_bootstrap_aucs({"c": (clustered, nonmembers)}, m_groups, n_groups, reps=300, seed=0)["c"]
-    narrow = patient_bootstrap_aucs({"c": (clustered, nonmembers)}, np.arange(40), np.arange(60), reps=300,
-                                    seed=0)["c"]
-    assert np.diff(ci95(wide))[0] > np.diff(ci95(narrow))[0]
-
-
 @pytest.mark.parametrize("name", ["LogisticRegressionAttack", "SVCAttack"])
 def test_population_attack_folds_never_split_a_patient(name, monkeypatch):
     from sklearn.model_selection import StratifiedGroupKFold
