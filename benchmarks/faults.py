@@ -599,8 +599,10 @@ class KillSetup:
         with quiet():
             self.original = train([*self.data, *TINY_MODEL, "--trainer.max_epochs=1", *QUIET,
                                    f"--out={work / 'original'}"])
+        # a tiny request (the selection split needs 3+ forget patients): selection on the retain sample and val only
         self.unlearn_args = ["--method=FineTune", f"--ckpt={self.original}", f"--forget={self.forget}", *self.data,
-                             f"--trainer.max_epochs={epochs}", "--model.init_args.lr=0.01", *QUIET]
+                             "--data.selection_fraction=0", f"--trainer.max_epochs={epochs}",
+                             "--model.init_args.lr=0.01", *QUIET]
         self.inputs = [hospital, self.forget, self.original]
         self.digests = {p: sha256(p) for p in self.inputs}
 

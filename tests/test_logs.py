@@ -12,6 +12,7 @@ import medforget.cli as cli
 from medforget.classifier import FusionClassifier
 from medforget.console import StageLine, interactive
 from medforget.datamodules.dicom_report import DicomReportDataModule
+from medforget.runlock import releasing_locks
 from tests.conftest import TINY_DATA, TINY_MODEL
 
 
@@ -27,6 +28,7 @@ def test_train_writes_csv_metrics(trained_ckpt):
     assert (trained_ckpt.parent / "lightning_logs" / "version_0" / "hparams.yaml").is_file()
 
 
+@releasing_locks  # the CLI takes --out's run lock; a verb's function releases it, so does this helper
 def _cli(tiny_hospital, tmp_path, *extra: str) -> cli.TrainCLI:
     return cli.TrainCLI(FusionClassifier, DicomReportDataModule, run=False, trainer_defaults=cli.TRAINER_DEFAULTS,
                         args=[f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL,

@@ -129,7 +129,7 @@ def test_train_unlearn_audit_notebook(flow):
     workdir, nb, _ = flow
     audit = workdir / "02_train_unlearn_audit" / "audit"
     report = json.loads((audit / "audit.json").read_text())
-    assert report["verdict"] in ("pass", "fail", "n/a")
+    assert report["verdict"] in ("pass", "inconclusive", "fail", "n/a")
     criteria = {c["criterion"] for c in report["criteria"]}
     assert {"forget_accuracy", "test_auc_drop", "quantization/int8", "relearning", "mia/LossAttack"} <= criteria
     assert (audit / "audit.md").is_file() and (audit / "audit.html").is_file()
@@ -157,7 +157,7 @@ def test_mia_notebook(flow):
     assert all(attack in text for attack in every)  # the AUC / TPR@1%FPR table
     assert "TPR@1%FPR" in text
     assert images(nb) >= 2  # ROC curves, score histograms
-    assert (workdir / "03_mia" / "reference_models" / "model_1.ckpt").is_file()
+    assert len(list((workdir / "03_mia" / "reference_models").glob("*/model_1.ckpt"))) == 1
     assert_no_phi(nb, workdir / "02_train_unlearn_audit" / "hospital" / "manifest.csv")
 
 

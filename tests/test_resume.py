@@ -97,7 +97,9 @@ def test_interrupted_unlearn_resumes_with_the_same_salun_mask(tiny_hospital, for
     final = read_checkpoint(out / "checkpoints" / "last.ckpt")
     for name, mask in masks.items():  # the mask was restored, not recomputed from the half-unlearned weights
         assert torch.equal(final["salun_masks"][name], mask), name
-    assert final["medforget_selection_reference"] == reference  # the selection keeps comparing with the original
+    # the selection keeps comparing with the original (NaN where the one selection patient has a single class)
+    assert final["medforget_selection_reference"].keys() == reference.keys()
+    assert all(final["medforget_selection_reference"][k] == pytest.approx(v, nan_ok=True) for k, v in reference.items())
     # the hard constraint holds across the interruption: only masked-in weights differ from the original model
     original = read_checkpoint(trained_ckpt)["state_dict"]
     exported = read_checkpoint(model)["state_dict"]
