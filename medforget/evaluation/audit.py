@@ -304,8 +304,6 @@ def evaluate_models(
             results[name]["per_patient"] = _per_patient(data, ids, config, salt)
     if config is not None:
         _robustness(results, models, datamodule, loaders, config, artifacts)
-    if names and config is not None and config.bootstrap > 0:
-        _attack_intervals(results, artifacts, config)
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "data": {"manifest_sha256": datamodule.dataset_hash(), "parts": datamodule.summary(),
@@ -316,8 +314,8 @@ def evaluate_models(
         report["gaps_to_retrained"] = {
             name: _gaps(res, results[REFERENCE]) for name, res in results.items() if name != REFERENCE
         }
-        if names and config is not None and config.bootstrap > 0:
-            _gap_intervals(report["gaps_to_retrained"], artifacts, config)
+    if names and config is not None and config.bootstrap > 0:
+        _attack_intervals(results, report.get("gaps_to_retrained", {}), artifacts, config)
     return report
 
 
@@ -342,26 +340,20 @@ def _per_patient(data: AttackData, ids: dict[str, np.ndarray], config: AuditConf
                             config.per_patient_permutations, config.per_patient_alpha, config.seed, name)
 
 
-def _attack_intervals(results: dict[str, Any], artifacts: RunArtifacts, config: AuditConfig) -> None:
-    """95% intervals of every model's attack AUCs, per study (``auc_ci95``) and per patient (``patient_auc_ci95``)."""
+def _attack_intervals(results: dict[str, Any], gaps: dict[str, Any], artifacts: RunArtifacts,
+                      config: AuditConfig) -> None:
+    """95% intervals of every model's attack AUCs and of their gaps to the retrained model, per study
+    (``auc_ci95``) and per patient (``patient_auc_ci95``), from one set of paired patient resamples."""
     draws = Draws(artifacts, config.bootstrap, config.seed)
-    for name in results:
-        values = model_values(artifacts, name, draws)
-        for attack, metrics in results[name]["mia"].items():
-            metrics["auc_ci95"] = interval(values[f"mia_study/{attack}"][1], 0.95)
-            metrics["patient_auc_ci95"] = interval(values[f"mia/{attack}"][1], 0.95)
-
-
-def _gap_intervals(gaps: dict[str, Any], artifacts: RunArtifacts, config: AuditConfig) -> None:
-    """95% intervals of the attack-AUC gaps to the retrained model (paired patient bootstrap)."""
-    draws = Draws(artifacts, config.bootstrap, config.seed)
-    reference = model_values(artifacts, REFERENCE, draws)
+    values = {name: model_values(artifacts, name, draws) for name in results}
+    for name, res in results.items():
+        for attack, metrics in res["mia"].items():
+            metrics["auc_ci95"] = interval(values[name][f"mia_study/{attack}"][1], 0.95)
+            metrics["patient_auc_ci95"] = interval(values[name][f"mia/{attack}"][1], 0.95)
     for name, node in gaps.items():
-        values = model_values(artifacts, name, draws)
         for attack, metrics in node["mia"].items():
-            metrics["auc_ci95"] = interval(values[f"mia_study/{attack}"][1] - reference[f"mia_study/{attack}"][1],
-                                           0.95)
-            metrics["patient_auc_ci95"] = interval(values[f"mia/{attack}"][1] - reference[f"mia/{attack}"][1], 0.95)
+            for key, quantity in (("auc_ci95", f"mia_study/{attack}"), ("patient_auc_ci95", f"mia/{attack}")):
+                metrics[key] = interval(values[name][quantity][1] - values[REFERENCE][quantity][1], 0.95)
 
 
 def _forget_split(datamodule: DicomReportDataModule, fraction: float, seed: int) -> tuple[Subset, Subset, int, int]:
