@@ -19,8 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m medforget demo
 
+# lint-imports: the architecture contracts of pyproject.toml ([tool.importlinter]: layers, the two tasks apart)
 test: $(STAMP)
 	$(PY) -m ruff check medforget tests $(wildcard benchmarks)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # Pin every distribution installed in $(VENV) into constraints.txt. $(VENV) is (re)installed first when
@@ -34,6 +36,7 @@ lock: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check medforget tests $(wildcard benchmarks)
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs tests/.cache .pytest_cache

@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from multimodal import quiet  # noqa: E402
 
-from medforget.evaluation.audit import AuditConfig, run_audit  # noqa: E402
-from medforget.evaluation.mia import MembershipAttack  # noqa: E402
+from medforget.audit.classifier.audit import run_audit  # noqa: E402
+from medforget.audit.classifier.config import AuditConfig  # noqa: E402
+from medforget.audit.classifier.mia import MembershipAttack  # noqa: E402
 
 MODELS = ("original", "unlearned", "retrained", "retrained-reseeded")
 

@@ -42,13 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from multimodal import quiet  # noqa: E402
 
-from medforget.cli import train  # noqa: E402
+from medforget import api  # noqa: E402
+from medforget.audit.classifier.audit import verdict_of  # noqa: E402
+from medforget.audit.classifier.config import AuditConfig, Tolerances  # noqa: E402
+from medforget.audit.classifier.criteria import RunArtifacts, evaluate_criteria  # noqa: E402
+from medforget.audit.classifier.measure import evaluate_models  # noqa: E402
+from medforget.audit.classifier.reference_models import train_reference_models  # noqa: E402
+from medforget.core.io import write_json  # noqa: E402
 from medforget.datamodules.dicom_report import DicomReportDataModule  # noqa: E402
 from medforget.datamodules.splits import write_patient_ids  # noqa: E402
 from medforget.datamodules.synthetic import SyntheticConfig, generate_hospital  # noqa: E402
-from medforget.evaluation.audit import AuditConfig, Tolerances, evaluate_models, verdict_of, write_json  # noqa: E402
-from medforget.evaluation.criteria import RunArtifacts, evaluate_criteria  # noqa: E402
-from medforget.evaluation.reference_models import train_reference_models  # noqa: E402
 
 
 def disjoint_requests(train_patients: list[str], n_requests: int, size: int, seed: int) -> list[list[str]]:
@@ -111,12 +114,11 @@ def main(argv: list[str] | None = None) -> dict:
         if reuse and (out / "model.ckpt").is_file():
             return out / "model.ckpt"
         with quiet():
-            return train([*flags, *extra, f"--out={out}"])
+            return api.train(manifest, out, epochs=args.epochs, accelerator=args.accelerator, overwrite=True,
+                             data={"image_size": args.image_size, "seed": args.seed},
+                             trainer={"enable_progress_bar": False}, extra_args=extra)
 
     data = {"manifest": str(manifest), "image_size": args.image_size, "seed": args.seed, "selection_fraction": 0.0}
-    flags = [f"--data.manifest={manifest}", f"--data.image_size={args.image_size}", f"--data.seed={args.seed}",
-             f"--trainer.max_epochs={args.epochs}", f"--trainer.accelerator={args.accelerator}",
-             "--trainer.enable_progress_bar=false", "--overwrite=true"]
     dm = DicomReportDataModule(**data, cache_rate=0.0)
     dm.setup()
     train_patients = sorted(set(dm.df.loc[dm.indices["train"], "patient_id"].astype(str)))

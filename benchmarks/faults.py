@@ -259,9 +259,9 @@ def _dicom_trial(task: dict[str, Any]) -> dict[str, Any]:
     """Set up the real datamodule on a manifest whose first row is the corrupted file."""
     import numpy as np
 
+    from medforget.datamodules.dicom import DicomError
     from medforget.datamodules.dicom_report import DicomReportDataModule
     from medforget.datamodules.manifest import ManifestError
-    from medforget.datamodules.transforms import DicomError
 
     dm = DicomReportDataModule(task["manifest"], image_size=32, batch_size=4, num_workers=0)
     try:
@@ -538,7 +538,7 @@ def kill(proc: subprocess.Popen | int) -> None:
 
 
 def _weights(path: Path) -> dict[str, Any]:
-    from medforget.checkpoint import read_checkpoint
+    from medforget.core.checkpoint import read_checkpoint
 
     return read_checkpoint(path)["state_dict"]
 
@@ -561,7 +561,8 @@ def model_difference(a: Path, b: Path) -> float:
 
 def exported_state(out: Path) -> tuple[bool, str]:
     """Is ``out/model.ckpt`` (if present) complete: loadable and equal to its sidecar? Any temporary file left?"""
-    from medforget.checkpoint import CheckpointError, load_classifier, read_sidecar, sha256_file
+    from medforget.core.checkpoint import CheckpointError, read_sidecar, sha256_file
+    from medforget.systems.classifier import load_classifier
 
     problems = []
     ckpt = out / "model.ckpt"
@@ -584,7 +585,7 @@ class KillSetup:
 
     def __init__(self, work: Path, hospital: Path, epochs: int) -> None:
         work.mkdir(parents=True, exist_ok=True)
-        from medforget.cli import train
+        from medforget import api
         from medforget.datamodules.dicom_report import DicomReportDataModule
         from medforget.datamodules.splits import sample_forget_request, write_patient_ids
 
@@ -597,8 +598,8 @@ class KillSetup:
         self.data = [f"--data.manifest={hospital}", *TINY_DATA]
         self.train_args = [*self.data, *TINY_MODEL, f"--trainer.max_epochs={epochs}", *QUIET]
         with quiet():
-            self.original = train([*self.data, *TINY_MODEL, "--trainer.max_epochs=1", *QUIET,
-                                   f"--out={work / 'original'}"])
+            self.original = api.train(hospital, work / "original", epochs=1,
+                                      extra_args=[*TINY_DATA, *TINY_MODEL, *QUIET])
         # a tiny request (the selection split needs 3+ forget patients): selection on the retain sample and val only
         self.unlearn_args = ["--method=FineTune", f"--ckpt={self.original}", f"--forget={self.forget}", *self.data,
                              "--data.selection_fraction=0", f"--trainer.max_epochs={epochs}",
@@ -670,7 +671,7 @@ def campaign_concurrent_out(work: Path, setup: KillSetup, trials: int, how: str)
     """A long ``unlearn`` holds ``--out``; a second one into it must be refused at once naming the lock. The first is
     then SIGKILLed, which leaves its lock file behind: a third run must take the stale lock over (with a warning) and
     complete."""
-    from medforget.runlock import LOCK_NAME
+    from medforget.core.runlock import LOCK_NAME
 
     tally = Tally("concurrent_out")
     refusal_seconds = []
@@ -797,8 +798,9 @@ def _enospc_after(folder: Path, budget: int) -> Iterator[None]:
 
 
 def campaign_disk_full(work: Path, setup: KillSetup, trials: int, seed: int) -> dict[str, Any]:
-    from medforget.checkpoint import load_classifier, read_sidecar, sha256_file, write_sidecar
-    from medforget.evaluation.audit import write_json
+    from medforget.core.checkpoint import read_sidecar, sha256_file, write_sidecar
+    from medforget.core.io import write_json
+    from medforget.systems.classifier import load_classifier
 
     tally = Tally("disk_full")
     rng = random.Random(seed)
@@ -818,7 +820,7 @@ def campaign_disk_full(work: Path, setup: KillSetup, trials: int, seed: int) -> 
             target = folder / ("model.ckpt" if what == "export" else "audit.json")
             try:
                 if what == "export":
-                    from medforget.checkpoint import export_classifier
+                    from medforget.systems.classifier import export_classifier
 
                     export_classifier(model, target, provenance={"kind": "disk_full"})
                 else:
@@ -864,8 +866,8 @@ class Payload:
 
 def _entry_points(setup: KillSetup, work: Path) -> dict[str, Callable[[Path], Any]]:
     """Every way a user hands medforget a checkpoint."""
-    from medforget.checkpoint import load_classifier
     from medforget.cli import main
+    from medforget.systems.classifier import load_classifier
 
     def cli(verb: str, *args: str) -> Callable[[Path], Any]:
         def run(path: Path) -> Any:
@@ -889,7 +891,7 @@ def _entry_points(setup: KillSetup, work: Path) -> dict[str, Callable[[Path], An
 def campaign_tampered_checkpoints(work: Path, setup: KillSetup, seed: int, quick: bool) -> dict[str, Any]:
     import torch
 
-    from medforget.checkpoint import CheckpointError, read_checkpoint
+    from medforget.core.checkpoint import CheckpointError, read_checkpoint
 
     tally = Tally("tampered_checkpoints")
     rng = random.Random(seed)

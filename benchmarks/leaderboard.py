@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import multimodal  # noqa: E402
 
-from medforget.unlearning import get_method, list_methods  # noqa: E402
+from medforget.methods.classifier import get_method, list_methods  # noqa: E402
 
 # lr grids where the default (config lr x 10 and x 50: the configs' lrs are for pretrained-scale models and barely move
 # the small from-scratch classifier of the synthetic hospital) does not fit the method.

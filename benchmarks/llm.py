@@ -3,7 +3,7 @@
 One original model (``train-lm``, every patient but the holdout) and one retain-only model (same recipe without the
 forget patients, ``--data.exclude_forget true``); every registered method (FLAT once per divergence) unlearns the
 original through the real ``unlearn-lm`` CLI, once per learning rate of a small grid. Each result is evaluated with
-:mod:`medforget.llm.evaluation` as it is and after 4-bit round-to-nearest quantization (Zhang et al., ICLR 2025).
+:mod:`medforget.audit.lm` as it is and after 4-bit round-to-nearest quantization (Zhang et al., ICLR 2025).
 
 **Choosing the learning rate without the retain-only model.** A hospital cannot retrain to tune its unlearning run,
 so the grid point is chosen by a proxy that needs no retraining: the holdout patients (never trained on) stand for
@@ -58,8 +58,8 @@ HEADLINE_ATTACK = "min_k_plus_plus"
 
 def method_table() -> dict[str, tuple[str, list[str], list[float]]]:
     """Every registered LM method (FLAT once per divergence) with its flags and learning-rate grid."""
-    import medforget.llm.methods  # noqa: F401  (registers the methods)
-    from medforget.llm.methods.base import LMUnlearningMethod
+    import medforget.methods.lm  # noqa: F401  (registers the methods)
+    from medforget.methods.lm.base import LMUnlearningMethod
 
     table: dict[str, tuple[str, list[str], list[float]]] = {}
     for name in sorted(LMUnlearningMethod.registry):
@@ -97,8 +97,7 @@ def _device(accelerator: str) -> str:
 def evaluate_checkpoint(path: Path, probes_args: dict[str, Any], accelerator: str, quantize: bool = True
                         ) -> dict[str, Any]:
     """Metrics of one model as is and (``quantize``) after 4-bit RTN quantization."""
-    from medforget.datamodules.lm import ClinicalNotesDataModule
-    from medforget.llm.evaluation import (
+    from medforget.audit.lm import (
         attack_scores,
         build_probes,
         evaluate_lm,
@@ -106,7 +105,8 @@ def evaluate_checkpoint(path: Path, probes_args: dict[str, Any], accelerator: st
         mia_auc,
         quantize_lm,
     )
-    from medforget.llm.system import load_lm
+    from medforget.datamodules.lm import ClinicalNotesDataModule
+    from medforget.systems.lm import load_lm
 
     dm = ClinicalNotesDataModule(**probes_args["data"])
     probes = build_probes(dm, retain_questions=probes_args["retain_questions"])
@@ -138,7 +138,7 @@ def unlearn_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
            "--trainer.enable_progress_bar=false", f"--data.batch_size={job['batch_size']}",
            f"--seed_everything={job['seed']}", *job["data_flags"], *job["flags"]]
     wall = _run(cmd, out / "unlearn.log")
-    from medforget.llm.system import load_lm
+    from medforget.systems.lm import load_lm
 
     provenance = load_lm(out / "model.ckpt").provenance
     result = evaluate_checkpoint(out / "model.ckpt", job["probes"], job["accelerator"])
@@ -149,7 +149,7 @@ def unlearn_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
 def summarise(rows: list[dict], reference: dict[str, Any], original: dict[str, Any], min_utility: float) -> tuple[
         list[dict], str]:
     """Choose each method's grid point by the holdout proxy and format the table."""
-    from medforget.llm.evaluation import forget_quality, privleak
+    from medforget.audit.lm import forget_quality, privleak
 
     retain_ratios = np.asarray(reference["fp"]["forget_truth_ratios"])
     retain_utility = reference["fp"]["metrics"]["model_utility"]
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise SystemExit(f"training the {name} model failed; see {log.name}")
         log.close()
 
-    from medforget.llm.system import load_lm
+    from medforget.systems.lm import load_lm
 
     probes = {"data": data, "retain_questions": 100, "truth_ratio_base": args.truth_ratio_base}
     _threads(1)

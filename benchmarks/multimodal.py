@@ -3,7 +3,8 @@
 For every seed: a synthetic hospital, one original model; for every forget size (fraction of training patients,
 drawn per predominant label): a model retrained without the forget patients, then every method unlearns the original.
 Each method's learning rate is chosen from its grid by the validation selection score of
-:mod:`medforget.unlearning.selection` (forget / retain-sample / val patients against the original model; never the
+:mod:`medforget.methods.classifier.selection` (forget / retain-sample / val patients against the original model;
+never the
 test patients, never the retrained model); the epoch is chosen the same way by the unlearn CLI. The table reports
 forget AUC/F1, test AUC/F1 and the loss-attack MIA AUC (forget vs test patients) of each model, each as mean ± std over
 seeds with the mean absolute gap to the retrained model, the average gap over {forget AUC, forget F1, test AUC,
@@ -36,12 +37,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medforget.checkpoint import read_checkpoint  # noqa: E402
-from medforget.cli import _quiet_lightning, train, unlearn  # noqa: E402
+from medforget import api  # noqa: E402
+from medforget.audit.classifier.measure import evaluate_models  # noqa: E402
+from medforget.commands.base import quiet_lightning  # noqa: E402
+from medforget.core.checkpoint import read_checkpoint  # noqa: E402
+from medforget.core.io import write_json  # noqa: E402
 from medforget.datamodules.dicom_report import DicomReportDataModule  # noqa: E402
 from medforget.datamodules.splits import patient_strata, sample_forget_request, write_patient_ids  # noqa: E402
 from medforget.datamodules.synthetic import SyntheticConfig, generate_hospital  # noqa: E402
-from medforget.evaluation.audit import evaluate_models, write_json  # noqa: E402
 
 # name -> (unlearn config, extra flags, learning-rate grid). Epochs are the config's (trainer.max_epochs).
 METHODS: dict[str, tuple[str, list[str], list[float]]] = {
@@ -98,37 +101,35 @@ def run_setting(args, seed: int, fraction: float, hospital: Path, original: Path
     row name to ``(config file in configs/unlearn, extra flags, lr grid)`` (default :data:`METHODS`); an lr of
     ``None`` keeps the config's (training-free methods have none)."""
     methods = METHODS if methods is None else methods
-    data = [f"--data.manifest={hospital}", f"--data.image_size={args.image_size}", f"--data.seed={seed}"]
+    data = {"image_size": args.image_size, "seed": seed}
     dm = DicomReportDataModule(str(hospital), image_size=args.image_size, seed=seed, cache_rate=0.0)
     dm.setup()
     train_patients = dm.df.loc[dm.indices["train"], "patient_id"]
     request = sample_forget_request(train_patients, fraction, seed, strata=patient_strata(dm.df))
     forget = write_patient_ids(request, root / "forget.txt")
-    fixed = [*data, f"--trainer.accelerator={args.accelerator}", "--overwrite=true",
-             f"--trainer.enable_progress_bar={not args.quiet}"]
-    common = [*fixed, f"--seed_everything={seed}"]
+    fixed = {"data": data, "accelerator": args.accelerator, "overwrite": True,
+             "trainer": {"enable_progress_bar": not args.quiet}}
     with quiet(args.quiet):
-        retrained = train([*common, f"--trainer.max_epochs={args.epochs}", f"--data.exclude_patients={forget}",
-                           f"--out={root / 'retrained'}"])
+        retrained = api.train(hospital, root / "retrained", exclude_patients=forget, epochs=args.epochs, seed=seed,
+                              **fixed)
     retrain_s = fit_seconds(retrained)
     print(f"  retrain: {retrain_s:.1f} s ({len(request)} forget patients)", flush=True)
 
     checkpoints = {"original": str(original), "retrained": str(retrained)}
     if args.noise_floor:  # a second retrain that differs only in its seed: the gap no method can beat
         with quiet(args.quiet):
-            checkpoints[RESEEDED] = str(train([*fixed, f"--seed_everything={seed + 1000}",
-                                               f"--trainer.max_epochs={args.epochs}",
-                                               f"--data.exclude_patients={forget}", f"--out={root / RESEEDED}"]))
+            checkpoints[RESEEDED] = str(api.train(hospital, root / RESEEDED, exclude_patients=forget,
+                                                  epochs=args.epochs, seed=seed + 1000, **fixed))
     chosen: dict[str, dict] = {}
     for name in args.methods:
         config, extra, grid = methods[name]
         candidates = []
         for lr in grid if not args.no_tune else grid[:1]:
             out = root / name / (f"lr{lr:g}" if lr is not None else "default")
-            lr_flag = [f"--model.init_args.lr={lr}"] if lr is not None else []
             with quiet(args.quiet):
-                path = unlearn([f"--config={ROOT / 'configs' / 'unlearn' / config}", *extra, f"--ckpt={original}",
-                                f"--forget={forget}", *common, *lr_flag, f"--out={out}"])
+                path = api.unlearn(original, forget, out=out, config=ROOT / "configs" / "unlearn" / config,
+                                   manifest=hospital, method_args={"lr": lr} if lr is not None else None, seed=seed,
+                                   extra_args=extra, **fixed)
             selection = read_checkpoint(path)["medforget"]["provenance"]["selection"]
             candidates.append((selection.get("score", math.inf), lr, path, selection))
             score = selection.get("score", math.nan)
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None, methods: dict[str, tuple[str, list[str],
     args = parser.parse_args(argv)
     if args.quick:
         args.fractions, args.seeds, args.num_patients, args.epochs = [0.06], [0], 120, 8
-    _quiet_lightning()
+    quiet_lightning()
     os.environ.setdefault("MEDFORGET_CACHE", str(args.out / "cache"))
     np.set_printoptions(precision=3)
 
@@ -251,11 +252,9 @@ def main(argv: list[str] | None = None, methods: dict[str, tuple[str, list[str],
             num_patients=args.num_patients, image_size=args.image_size, seed=seed), overwrite=True)
         print(f"seed {seed}: training the original model", flush=True)
         with quiet(args.quiet):
-            original = train([f"--data.manifest={hospital}", f"--data.image_size={args.image_size}",
-                              f"--data.seed={seed}", f"--trainer.max_epochs={args.epochs}",
-                              f"--trainer.accelerator={args.accelerator}", f"--seed_everything={seed}",
-                              "--overwrite=true", f"--trainer.enable_progress_bar={not args.quiet}",
-                              f"--out={root / 'original'}"])
+            original = api.train(hospital, root / "original", epochs=args.epochs, seed=seed,
+                                 data={"image_size": args.image_size, "seed": seed}, accelerator=args.accelerator,
+                                 overwrite=True, trainer={"enable_progress_bar": not args.quiet})
         for fraction in args.fractions:
             if (seed, fraction) in done:
                 continue

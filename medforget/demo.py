@@ -1,10 +1,19 @@
-"""The demo: synth -> train original -> retrain without a forget request -> unlearn -> evaluate, with timings."""
+"""The demo: synth -> train original -> retrain without a forget request -> unlearn -> evaluate, with timings, on
+the Python API (:mod:`medforget.api`); :func:`command` is the ``medforget demo`` verb."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from typing import Any
+
+from jsonargparse import ArgumentParser
+
+from medforget import api
+from medforget.commands.base import VERBS
+from medforget.core.io import write_json
+from medforget.datamodules.dicom_report import DicomReportDataModule
+from medforget.datamodules.splits import patient_strata, sample_forget_request, write_patient_ids
 
 
 def run_demo(
@@ -35,11 +44,6 @@ def run_demo(
         seed: Seed of the data, the split, the forget request and training.
         accelerator: Lightning accelerator (``auto`` uses a GPU when there is one).
     """
-    from medforget.cli import evaluate, train, unlearn
-    from medforget.datamodules.dicom_report import DicomReportDataModule
-    from medforget.datamodules.splits import patient_strata, sample_forget_request, write_patient_ids
-    from medforget.datamodules.synthetic import SyntheticConfig, generate_hospital
-
     root = Path(out)
     times: dict[str, float] = {}
 
@@ -48,11 +52,10 @@ def run_demo(
         return time.perf_counter()
 
     t = stage("synth: synthetic hospital")
-    manifest = generate_hospital(root / "hospital", SyntheticConfig(num_patients=num_patients, image_size=image_size,
-                                                                     seed=seed), overwrite=True)
+    manifest = api.synth(root / "hospital", overwrite=True, num_patients=num_patients, image_size=image_size, seed=seed)
     times["synth"] = time.perf_counter() - t
 
-    data = [f"--data.manifest={manifest}", f"--data.image_size={image_size}", f"--data.seed={seed}"]
+    data = {"image_size": image_size, "seed": seed}
     dm = DicomReportDataModule(str(manifest), image_size=image_size, seed=seed, cache_rate=0.0)
     dm.setup()
     train_patients = dm.df.loc[dm.indices["train"], "patient_id"]
@@ -62,26 +65,24 @@ def run_demo(
     n_forget = len(forget.read_text().split())
     print(f"forget request: {n_forget} of {train_patients.nunique()} training patients -> {forget}")
 
-    common = [*data, f"--trainer.max_epochs={epochs}", f"--trainer.accelerator={accelerator}",
-              f"--seed_everything={seed}", "--overwrite=true"]
+    common = {"data": data, "epochs": epochs, "accelerator": accelerator, "seed": seed, "overwrite": True}
     t = stage("train: original model")
-    original = train([*common, f"--out={root / 'original'}"])
+    original = api.train(manifest, root / "original", **common)
     times["train original"] = time.perf_counter() - t
 
     t = stage("retrain: reference without the forget patients")
-    retrained = train([*common, f"--out={root / 'retrained'}", f"--data.exclude_patients={forget}"])
+    retrained = api.train(manifest, root / "retrained", exclude_patients=forget, **common)
     times["retrain"] = time.perf_counter() - t
 
     t = stage(f"unlearn: {method}")
-    unlearned = unlearn([f"--method={method}", f"--ckpt={original}", f"--forget={forget}", *data,
-                         f"--model.init_args.lr={unlearn_lr}", f"--trainer.max_epochs={unlearn_epochs}",
-                         f"--trainer.accelerator={accelerator}", f"--seed_everything={seed}", "--overwrite=true",
-                         f"--out={root / 'unlearned'}"])
+    unlearned = api.unlearn(original, forget, method, root / "unlearned", manifest=manifest, data=data,
+                            method_args={"lr": unlearn_lr}, epochs=unlearn_epochs, accelerator=accelerator, seed=seed,
+                            overwrite=True)
     times[f"unlearn ({method})"] = time.perf_counter() - t
 
     t = stage("evaluate: the audit of original / unlearned / retrained")
-    report = evaluate([f"--original={original}", f"--unlearned={unlearned}", f"--retrained={retrained}",
-                       f"--forget={forget}", *data, f"--out={root}", f"--accelerator={accelerator}"])
+    report = api.evaluate(forget, original=original, unlearned=unlearned, retrained=retrained, manifest=manifest,
+                          data=data, out=root, accelerator=accelerator)
     times["evaluate"] = time.perf_counter() - t
 
     print("\nstage wall times")
@@ -90,7 +91,13 @@ def run_demo(
     print(f"  {'total':<28} {sum(times.values()):7.1f} s")
     print(f"\naudit: {root / 'audit.html'} (also audit.md, audit.json); verdict {report['verdict'].upper()}")
     report["stage_seconds"] = times
-    from medforget.evaluation.audit import write_json
-
     write_json({"stage_seconds": times, "verdict": report["verdict"]}, root / "demo.json")
     return report
+
+
+def command(args: list[str] | None = None) -> dict[str, Any]:
+    """``medforget demo``: the whole flow on the synthetic hospital (the flags are :func:`run_demo`'s arguments)."""
+    parser = ArgumentParser(prog="medforget demo", description=VERBS["demo"], default_env=False)
+    parser.add_function_arguments(run_demo)
+    cfg = parser.parse_args(args)
+    return run_demo(**cfg.as_dict())

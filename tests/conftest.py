@@ -51,7 +51,7 @@ def forget_file(tiny_hospital, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_ckpt(tiny_hospital, tmp_path_factory) -> Path:
     """A tiny FusionClassifier trained for 2 epochs through the real ``train`` CLI."""
-    from medforget.cli import train
+    from medforget.commands import train
 
     out = tmp_path_factory.mktemp("original")
     return train([f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL, "--trainer.max_epochs=2",
@@ -61,7 +61,7 @@ def trained_ckpt(tiny_hospital, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_image_ckpt(tiny_hospital, tmp_path_factory) -> Path:
     """A tiny image-only classifier (``--model.modalities image``), for the vision methods as vision methods."""
-    from medforget.cli import train
+    from medforget.commands import train
 
     out = tmp_path_factory.mktemp("original_image")
     return train([f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL, "--model.modalities=image",
@@ -72,7 +72,7 @@ def trained_image_ckpt(tiny_hospital, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def retrained_ckpt(tiny_hospital, forget_file, tmp_path_factory) -> Path:
     """The tiny recipe retrained without the forget request's patients (the audit's reference)."""
-    from medforget.cli import train
+    from medforget.commands import train
 
     out = tmp_path_factory.mktemp("retrained")
     return train([f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL, "--trainer.max_epochs=2",
@@ -83,7 +83,7 @@ def retrained_ckpt(tiny_hospital, forget_file, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def unlearned_ckpt(tiny_hospital, forget_file, trained_ckpt, tmp_path_factory) -> Path:
     """``trained_ckpt`` after one FineTune epoch on the forget request."""
-    from medforget.cli import unlearn
+    from medforget.commands import unlearn
 
     out = tmp_path_factory.mktemp("unlearned")
     return unlearn(["--method=FineTune", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",

@@ -10,10 +10,10 @@ import lightning as L
 import pytest
 import torch
 
-from medforget.checkpoint import CheckpointError, export_classifier, load_classifier, read_checkpoint
-from medforget.classifier import CHECKPOINT_FORMAT, FusionClassifier
+from medforget.audit.classifier.measure import check_split
+from medforget.core.checkpoint import CheckpointError, read_checkpoint
 from medforget.datamodules.dicom_report import DicomReportDataModule
-from medforget.evaluation.audit import check_split
+from medforget.systems.classifier import CHECKPOINT_FORMAT, FusionClassifier, export_classifier, load_classifier
 
 
 def sha256(path) -> str:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from medforget.checkpoint import read_checkpoint
-from medforget.cli import evaluate, main, synth, train, unlearn
+from medforget.cli import main
+from medforget.commands import evaluate, synth, train, unlearn
+from medforget.core.checkpoint import read_checkpoint
 from tests.conftest import TINY_DATA
 
 CONF = Path(__file__).parent / "conf"

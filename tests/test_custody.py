@@ -13,16 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from medforget.checkpoint import (
-    export_classifier,
-    load_classifier,
-    read_checkpoint,
-    read_sidecar,
-    sha256_file,
-    sidecar_path,
-)
-from medforget.cli import evaluate, main
-from medforget.verify import VerificationError, verify, verify_or_raise
+from medforget.cli import main
+from medforget.commands import evaluate
+from medforget.core.checkpoint import read_checkpoint, read_sidecar, sha256_file, sidecar_path
+from medforget.core.verify import VerificationError, verify, verify_or_raise
+from medforget.systems.classifier import export_classifier, load_classifier
 from tests.conftest import TINY_DATA
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from medforget.checkpoint import read_checkpoint
+from medforget.audit.classifier.measure import evaluate_models
+from medforget.core.checkpoint import read_checkpoint
 from medforget.datamodules.dicom_report import DicomReportDataModule
-from medforget.evaluation.audit import evaluate_models
 from tests.conftest import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,11 +9,13 @@ import shutil
 import pytest
 import torch
 
-from medforget.checkpoint import CheckpointError, export_classifier, load_classifier, read_checkpoint, sidecar_path
-from medforget.cli import COMMANDS, main, train
+from medforget.cli import COMMANDS, main
+from medforget.commands import train
+from medforget.core.checkpoint import CheckpointError, read_checkpoint, sidecar_path
+from medforget.core.io import write_json
 from medforget.datamodules.dicom_report import DicomReportDataModule
 from medforget.datamodules.manifest import ManifestError, load_manifest
-from medforget.evaluation.audit import write_json
+from medforget.systems.classifier import export_classifier, load_classifier
 from tests.conftest import TINY_DATA, TINY_MODEL
 
 QUIET = ["--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]
@@ -177,7 +179,7 @@ def test_cli_reports_os_errors_in_one_line(tmp_path, monkeypatch):
 
 # --- the resume point was written before the selection callback's best: a resumed unlearn could not export -------
 def test_resume_point_records_an_existing_best_epoch(tiny_hospital, trained_ckpt, forget_file, tmp_path):
-    from medforget.cli import unlearn
+    from medforget.commands import unlearn
 
     out = tmp_path / "u"
     args = ["--method=FineTune", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
@@ -196,8 +198,9 @@ def test_resume_point_records_an_existing_best_epoch(tiny_hospital, trained_ckpt
 def test_unknown_value_representation_is_a_dicom_error(tiny_hospital, tmp_path):
     import pandas as pd
 
+    from medforget.datamodules.dicom import DicomError
     from medforget.datamodules.dicom_report import UnreadableImagesError
-    from medforget.datamodules.transforms import DicomError, LoadDicomd
+    from medforget.datamodules.transforms import LoadDicomd
 
     df = pd.read_csv(tiny_hospital, dtype=str, keep_default_na=False)
     data = (tiny_hospital.parent / df.at[0, "image_path"]).read_bytes()

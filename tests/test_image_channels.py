@@ -9,11 +9,11 @@ import pytest
 import timm
 import torch
 
-from medforget.checkpoint import load_classifier, read_checkpoint
-from medforget.classifier import FusionClassifier
-from medforget.cli import train, unlearn
+from medforget.audit.classifier.measure import check_split
+from medforget.commands import train, unlearn
+from medforget.core.checkpoint import read_checkpoint
 from medforget.datamodules.dicom_report import DicomReportDataModule
-from medforget.evaluation.audit import check_split
+from medforget.systems.classifier import FusionClassifier, load_classifier
 from tests.conftest import TINY_DATA
 
 QUIET = ["--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]

@@ -8,11 +8,13 @@ import pytest
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-import medforget.cli as cli
-from medforget.classifier import FusionClassifier
-from medforget.console import StageLine, interactive
+import medforget.commands.base as cli
+from medforget.commands import train
+from medforget.commands.classifier import TrainCLI
+from medforget.core.console import StageLine, interactive
+from medforget.core.runlock import releasing_locks
 from medforget.datamodules.dicom_report import DicomReportDataModule
-from medforget.runlock import releasing_locks
+from medforget.systems.classifier import FusionClassifier
 from tests.conftest import TINY_DATA, TINY_MODEL
 
 
@@ -29,8 +31,8 @@ def test_train_writes_csv_metrics(trained_ckpt):
 
 
 @releasing_locks  # the CLI takes --out's run lock; a verb's function releases it, so does this helper
-def _cli(tiny_hospital, tmp_path, *extra: str) -> cli.TrainCLI:
-    return cli.TrainCLI(FusionClassifier, DicomReportDataModule, run=False, trainer_defaults=cli.TRAINER_DEFAULTS,
+def _cli(tiny_hospital, tmp_path, *extra: str) -> TrainCLI:
+    return TrainCLI(FusionClassifier, DicomReportDataModule, run=False, trainer_defaults=cli.TRAINER_DEFAULTS,
                         args=[f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL,
                               "--trainer.accelerator=cpu", f"--out={tmp_path / 'run'}", *extra],
                         save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "medforget train"})
@@ -71,7 +73,7 @@ def test_train_in_a_log_file_prints_one_line(tiny_hospital, tmp_path, capfd, mon
     """stderr is not a terminal here: no carriage-return bar, one summary line for the fit."""
     monkeypatch.delenv("MEDFORGET_PROGRESS", raising=False)
     assert not interactive()
-    cli.train([f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL, "--trainer.max_epochs=1",
+    train([f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL, "--trainer.max_epochs=1",
                "--trainer.accelerator=cpu", f"--out={tmp_path / 'run'}"])
     out, err = capfd.readouterr()
     assert "\r" not in out + err

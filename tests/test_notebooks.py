@@ -143,7 +143,7 @@ def test_train_unlearn_audit_notebook(flow):
 
 
 def test_mia_notebook(flow):
-    from medforget.evaluation.mia import MembershipAttack
+    from medforget.audit.classifier.mia import MembershipAttack
 
     workdir, _, nb = flow
     text = output_text(nb)
@@ -163,7 +163,7 @@ def test_mia_notebook(flow):
 
 def test_mia_notebook_standalone(kernel, tmp_path):
     """Without a run of notebook 02, notebook 03 trains its models itself (here: no reference models, no LiRA/RMIA)."""
-    from medforget.evaluation.audit import default_attacks
+    from medforget.audit.classifier.config import default_attacks
 
     nb = execute("03_mia.ipynb", tmp_path, kernel, MEDFORGET_NB_REFERENCE_MODELS="0")
     assert "training the models here" in output_text(nb)

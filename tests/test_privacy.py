@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from medforget.cli import evaluate, train, unlearn
+from medforget.commands import evaluate, train, unlearn
 from medforget.datamodules.dicom_report import DicomReportDataModule
 from tests.conftest import TINY_DATA, TINY_MODEL
 

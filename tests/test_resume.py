@@ -11,8 +11,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from medforget.checkpoint import read_checkpoint
-from medforget.cli import train, unlearn
+from medforget.commands import train, unlearn
+from medforget.core.checkpoint import read_checkpoint
 from tests.conftest import TINY_DATA, TINY_MODEL
 
 QUIET = ["--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"]

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from medforget.cli import train
-from medforget.runlock import LOCK_NAME, RunLock, RunLockedError
+from medforget.commands import train
+from medforget.core.runlock import LOCK_NAME, RunLock, RunLockedError
 from tests.conftest import TINY_DATA, TINY_MODEL
 
 
@@ -31,7 +31,7 @@ def test_second_lock_is_refused_and_released(tmp_path):
 
 
 def test_lock_held_by_another_process_is_refused(tmp_path):
-    code = ("import sys, time; from medforget.runlock import RunLock; RunLock(sys.argv[1], 'train').acquire(); "
+    code = ("import sys, time; from medforget.core.runlock import RunLock; RunLock(sys.argv[1], 'train').acquire(); "
             "print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

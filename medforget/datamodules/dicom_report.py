@@ -19,11 +19,12 @@ from monai.data import CacheDataset, PersistentDataset
 from monai.data.utils import pickle_hashing
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from medforget.console import interactive
+from medforget.core.console import interactive
 from medforget.datamodules import keys
+from medforget.datamodules.dicom import DicomError
 from medforget.datamodules.manifest import load_manifest, manifest_hash
 from medforget.datamodules.splits import assign_splits, resolve_forget, selection_patients
-from medforget.datamodules.transforms import DicomError, image_transforms
+from medforget.datamodules.transforms import image_transforms
 
 Mode = Literal["train", "unlearn", "evaluate"]
 RETAIN_SAMPLE_MIN = 8  # patients in the retain sample scored for checkpoint selection (at least)

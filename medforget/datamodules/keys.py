@@ -16,8 +16,9 @@ RETAIN_SAMPLE = "retain_sample"  # seeded sample of retain patients, validated i
 VAL = "val"
 
 # Validation dataloaders of the unlearn mode, in dataloader_idx order (checkpoint selection, see
-# medforget.unlearning.selection): the selection part of the forget patients (the audit scores only the others), a
-# sample of retain patients and the held-out val patients. Empty parts are left out (datamodule.validation_parts).
+# medforget.methods.classifier.selection): the selection part of the forget patients (the audit scores only the
+# others), a sample of retain patients and the held-out val patients. Empty parts are left out
+# (datamodule.validation_parts).
 UNLEARN_VALIDATION_PARTS = (FORGET_SELECTION, RETAIN_SAMPLE, VAL)
 
 # Set (with a blank image) only on items whose DICOM could not be read (image_transforms(on_error="mark")); the

@@ -145,7 +145,7 @@ class ClinicalNotesDataModule(L.LightningDataModule):
     @property
     def forget_fingerprint(self) -> str:
         """SHA-256 of the sorted forget patient IDs: two runs with the same fingerprint forgot the same patients
-        (the split digest of :func:`medforget.llm.audit.corpus_identity` is of the same kind)."""
+        (the split digest of :func:`medforget.audit.lm.audit.corpus_identity` is of the same kind)."""
         self.setup()
         ids = sorted(self.records[p].patient_id for p in self.parts["forget"])
         return hashlib.sha256(("medforget.lm.forget\n" + "\n".join(ids)).encode()).hexdigest()
@@ -245,3 +245,32 @@ class ClinicalNotesDataModule(L.LightningDataModule):
         self.setup()
         return self._loader(self.examples(self.parts[part], content), shuffle=False)
 
+
+#: Data settings that must equal the trained model's for an unlearning run (the forget fraction may differ: forget
+#: sets are nested, so one original model serves 1%, 5% and 10% requests).
+LM_DATA_IDENTITY = ("corpus", "num_patients", "corpus_seed", "split_seed", "holdout_fraction")
+
+
+def check_lm_data(provenance: dict[str, Any], datamodule: Any, path: str, forget_set: bool = True) -> None:
+    """Refuse to unlearn or evaluate with a corpus or split other than the one the model was trained on; with
+    ``forget_set``, also an unlearned or retain-only model whose forget set differs from the datamodule's when
+    either was given as a patient-ID request (fraction-based forget sets are nested and checked by their fraction)."""
+    trained = provenance.get("data", {})
+    for key in LM_DATA_IDENTITY:
+        if key in trained and trained[key] != getattr(datamodule, key):
+            raise ValueError(f"--data.{key}={getattr(datamodule, key)!r} differs from the value the model in {path} "
+                             f"was trained with ({trained[key]!r}); pass the training run's data settings")
+    unlearned = provenance.get("kind") == "unlearned"
+    if not forget_set or not (unlearned or trained.get("exclude_forget")):
+        return
+    if datamodule.forget is None and trained.get("forget_by") != "patient_ids":
+        return
+    if trained.get("forget_fingerprint") != datamodule.forget_fingerprint:
+        how = ("a forget request of patient IDs" if trained.get("forget_by") == "patient_ids" else
+               "a forget fraction" if trained.get("forget_by") == "fraction" else "a forget set of unrecorded identity")
+        given = ("--forget FILE" if trained.get("forget_by") == "patient_ids" else
+                 f"--data.forget_fraction {trained['forget_fraction']}" if "forget_fraction" in trained else "it")
+        raise ValueError(f"{path} was {'unlearned from' if unlearned else 'trained without'} another forget set "
+                         f"({how}, {trained.get('forget_patients', '?')} patients) than the one given here "
+                         f"({'--forget' if datamodule.forget else '--data.forget_fraction'}, "
+                         f"{len(datamodule.parts['forget'])} patients); pass the same forget set ({given})")

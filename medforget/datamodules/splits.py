@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -104,11 +103,6 @@ def resolve_forget(request: str | Path | Sequence[str], splits: pd.Series, patie
     per_patient = pd.Series(splits.values, index=patient_ids.values).groupby(level=0).first()
     check_forget_request(ids, per_patient.to_dict(), source)
     return np.flatnonzero(patient_ids.isin(set(ids)).to_numpy())
-
-
-def salted_hash(patient_id: str, salt: str) -> str:
-    """Salted SHA-256 of a patient ID, for reports that must not contain PHI."""
-    return hashlib.sha256(f"{salt}:{patient_id}".encode()).hexdigest()[:16]
 
 
 def sample_forget_request(

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medforget.console import interactive
+from medforget.core.console import interactive
 
 CLASS_NAMES = ("none", "vascular congestion", "interstitial edema", "alveolar edema")
 NUM_CLASSES = len(CLASS_NAMES)

@@ -17,11 +17,11 @@ import pydicom
 import pytest
 
 from medforget.datamodules import keys, transforms
+from medforget.datamodules.dicom import DicomError
 from medforget.datamodules.dicom_report import DicomReportDataModule, UnreadableImagesError
 from medforget.datamodules.manifest import ManifestError
 from medforget.datamodules.splits import ForgetRequestError, write_patient_ids
 from medforget.datamodules.synthetic import write_dicom
-from medforget.datamodules.transforms import DicomError
 
 PATIENTS = [f"PATIENT-{name}" for name in ("ALPHA", "BRAVO", "CHARLIE", "DELTA", "ECHO", "FOXTROT", "GOLF",
                                            "HOTEL", "INDIA", "JULIET")]

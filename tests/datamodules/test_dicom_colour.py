@@ -15,7 +15,8 @@ import pydicom
 import pytest
 import torch
 
-from medforget.datamodules.transforms import DicomError, LoadDicomd, image_transforms, read_dicom
+from medforget.datamodules.dicom import DicomError, read_dicom
+from medforget.datamodules.transforms import LoadDicomd, image_transforms
 
 RNG = np.random.default_rng(7)
 RGB8 = RNG.integers(0, 256, size=(6, 5, 3)).astype(np.uint8)

@@ -75,7 +75,7 @@ def test_one_epoch_covers_the_training_split_once(train_dm):
 
 
 def test_image_matches_the_dicom(train_dm):
-    from medforget.datamodules.transforms import read_dicom
+    from medforget.datamodules.dicom import read_dicom
 
     row = int(train_dm.indices["val"][0])
     item = train_dm.subset("val")[0]

@@ -8,13 +8,13 @@ from collections import Counter
 import pandas as pd
 import pytest
 
+from medforget.core.privacy import salted_hash
 from medforget.datamodules.splits import (
     ForgetRequestError,
     assign_splits,
     patient_split,
     read_patient_ids,
     resolve_forget,
-    salted_hash,
     sample_forget_request,
     write_patient_ids,
 )

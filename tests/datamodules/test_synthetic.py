@@ -10,9 +10,9 @@ import pydicom
 import pytest
 from pydicom.uid import UID
 
+from medforget.datamodules.dicom import read_dicom
 from medforget.datamodules.manifest import load_manifest
 from medforget.datamodules.synthetic import NUM_CLASSES, SyntheticConfig, generate_hospital
-from medforget.datamodules.transforms import read_dicom
 
 
 def _gen(factory, name: str, **cfg) -> Path:

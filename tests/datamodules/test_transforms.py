@@ -10,8 +10,9 @@ import pytest
 import torch
 from pydicom.pixels import apply_modality_lut
 
+from medforget.datamodules.dicom import DicomError, read_dicom
 from medforget.datamodules.synthetic import write_dicom
-from medforget.datamodules.transforms import DicomError, LoadDicomd, image_transforms, read_dicom
+from medforget.datamodules.transforms import LoadDicomd, image_transforms
 
 H, W = 20, 24
 
@@ -608,7 +609,7 @@ def test_handler_failure_on_corrupt_data_names_the_file(tmp_path):
 
 
 def test_install_hint():
-    from medforget.datamodules.transforms import install_hint
+    from medforget.datamodules.dicom import install_hint
 
     missing = ["gdcm - requires gdcm>=3.0.10", "pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1",
                "pyjpegls - requires numpy and pyjpegls>=1.2"]

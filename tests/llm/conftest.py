@@ -25,7 +25,7 @@ def tiny_lm_datamodule(**overrides):
 @pytest.fixture(scope="session")
 def tiny_lm_ckpt(tmp_path_factory) -> Path:
     """The original tiny clinical LM (trained on forget + retain patients)."""
-    from medforget.cli import train_lm
+    from medforget.commands import train_lm
 
     out = tmp_path_factory.mktemp("lm_original")
     return train_lm([*TINY_LM_DATA, *TINY_LM_MODEL, *TINY_LM_TRAINER, f"--out={out}"])
@@ -34,7 +34,7 @@ def tiny_lm_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_retain_lm_ckpt(tmp_path_factory) -> Path:
     """The tiny retain-only reference (same recipe, without the forget patients)."""
-    from medforget.cli import train_lm
+    from medforget.commands import train_lm
 
     out = tmp_path_factory.mktemp("lm_retain")
     return train_lm([*TINY_LM_DATA, *TINY_LM_MODEL, *TINY_LM_TRAINER, "--data.exclude_forget=true", f"--out={out}"])

@@ -11,16 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from medforget.cli import evaluate_lm, main
-from medforget.llm.audit import (
-    LM_SCHEMA_VERSION,
-    LMAuditConfig,
-    LMTolerances,
-    check_models,
-    format_lm_table,
-    run_lm_audit,
-)
-from medforget.llm.system import export_lm, load_lm
+from medforget.audit.lm.audit import run_lm_audit
+from medforget.audit.lm.checks import check_models
+from medforget.audit.lm.config import LM_SCHEMA_VERSION, LMAuditConfig, LMTolerances
+from medforget.audit.lm.tables import format_lm_table
+from medforget.cli import main
+from medforget.commands import evaluate_lm
+from medforget.systems.lm import export_lm, load_lm
 from tests.llm.conftest import tiny_lm_datamodule
 
 FAST = ["--audit.retain_questions=24", "--audit.holdout_questions=24", "--audit.max_new_tokens=24",

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import medforget.llm.methods  # noqa: F401  (registers the methods)
-from medforget.llm.methods.base import LMUnlearningMethod
+import medforget.methods.lm  # noqa: F401  (registers the methods)
+from medforget.methods.lm.base import LMUnlearningMethod
 
 CONFIG_DIR = Path(__file__).parents[2] / "configs" / "unlearn_lm"
 
@@ -23,7 +23,7 @@ def configs_by_method() -> dict[str, Path]:
 
 @pytest.mark.parametrize("name", sorted(LMUnlearningMethod.registry))
 def test_every_lm_method_has_a_config_that_parses(name, capsys):
-    from medforget.cli import unlearn_lm
+    from medforget.commands import unlearn_lm
 
     config = configs_by_method().get(name)
     assert config is not None, f"no configs/unlearn_lm/*.yaml for {name}"
@@ -31,14 +31,14 @@ def test_every_lm_method_has_a_config_that_parses(name, capsys):
         unlearn_lm([f"--config={config}", "--ckpt=runs/lm/model.ckpt", "--print_config"])
     assert exc.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"] == f"medforget.llm.methods.{name}"
+    assert printed["model"]["class_path"] == f"medforget.methods.lm.{name}"
     given = yaml.safe_load(config.read_text())["model"]["init_args"]
     assert {k: printed["model"]["init_args"][k] for k in given} == given
     assert printed["model"]["init_args"]["lora"] is None  # full weights unless asked
 
 
 def test_a_config_with_lora_and_flags_on_top(capsys):
-    from medforget.cli import unlearn_lm
+    from medforget.commands import unlearn_lm
 
     with pytest.raises(SystemExit):
         unlearn_lm([f"--config={CONFIG_DIR / 'rmu.yaml'}", "--ckpt=x.ckpt", "--forget=forget.txt",

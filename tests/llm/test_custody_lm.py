@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from medforget.checkpoint import read_checkpoint, read_sidecar, sha256_file
-from medforget.cli import evaluate_lm, unlearn_lm
-from medforget.verify import verify
+from medforget.commands import evaluate_lm, unlearn_lm
+from medforget.core.checkpoint import read_checkpoint, read_sidecar, sha256_file
+from medforget.core.verify import verify
 from tests.llm.conftest import TINY_LM_DATA
 
 FAST = ["--audit.retain_questions=8", "--audit.holdout_questions=8", "--audit.max_new_tokens=8",
@@ -35,8 +35,8 @@ def test_lm_checkpoint_with_a_changed_shape_is_a_checkpoint_error(tiny_lm_ckpt, 
     import pytest
     import torch
 
-    from medforget.checkpoint import CheckpointError
-    from medforget.llm.system import load_lm
+    from medforget.core.checkpoint import CheckpointError
+    from medforget.systems.lm import load_lm
 
     ckpt = read_checkpoint(tiny_lm_ckpt)
     name = next(k for k, v in ckpt["state_dict"].items() if v.ndim == 2)

@@ -14,10 +14,7 @@ from scipy.stats import hmean, ks_2samp
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from medforget.datamodules.lm import qa_prompt
-from medforget.datamodules.notes import QAPair
-from medforget.evaluation.robustness import quantize_model
-from medforget.llm.evaluation import (
+from medforget.audit.lm import (
     TokenScores,
     answer_probability,
     attack_scores,
@@ -41,9 +38,12 @@ from medforget.llm.evaluation import (
     truth_ratio_statistics,
     zlib_score,
 )
-from medforget.llm.evaluation.evaluate import _extraction, note_prefixes, perturbed_onto
-from medforget.llm.evaluation.mia import loss_score
-from medforget.llm.system import load_lm
+from medforget.audit.lm.evaluate import _extraction, note_prefixes, perturbed_onto
+from medforget.audit.lm.mia import loss_score
+from medforget.audit.robustness import quantize_model
+from medforget.datamodules.lm import qa_prompt
+from medforget.datamodules.notes import QAPair
+from medforget.systems.lm import load_lm
 from tests.llm.conftest import tiny_lm_datamodule
 
 

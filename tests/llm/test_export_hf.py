@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from medforget.cli import main, train_lm, unlearn_lm
-from medforget.llm.system import load_lm
+from medforget.cli import main
+from medforget.commands import train_lm, unlearn_lm
+from medforget.systems.lm import load_lm
 from tests.llm.conftest import TINY_LM_DATA, tiny_lm_datamodule
 from tests.llm.test_methods import sha256
 from tests.llm.test_pretrained import local_model_dir  # noqa: F401  (fixture)

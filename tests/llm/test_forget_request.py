@@ -9,9 +9,10 @@ import io
 
 import pytest
 
-from medforget.cli import evaluate_lm, main, unlearn_lm
+from medforget.cli import main
+from medforget.commands import evaluate_lm, unlearn_lm
 from medforget.datamodules.splits import ForgetRequestError, write_patient_ids
-from medforget.llm.system import load_lm
+from medforget.systems.lm import load_lm
 from tests.llm.conftest import TINY_LM_DATA, tiny_lm_datamodule
 from tests.llm.test_audit import FAST
 from tests.llm.test_methods import sha256

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
-from medforget.evaluation.verdict import FAIL, INCONCLUSIVE, PASS, decide
-from medforget.llm.audit import LMTolerances, format_lm_criteria, lm_criteria
-from medforget.llm.criteria import (
+from medforget.audit.lm import privleak
+from medforget.audit.lm.config import LMTolerances
+from medforget.audit.lm.criteria import (
     NO_POWER,
     OVER,
     SAME,
@@ -27,10 +27,10 @@ from medforget.llm.criteria import (
     judge,
     ks_pvalue_replicates,
     lm_verdict,
-    measure,
 )
-from medforget.llm.evaluation import privleak
-from medforget.llm.evaluation.semeval import (
+from medforget.audit.lm.judging import lm_criteria
+from medforget.audit.lm.measure import measure
+from medforget.audit.lm.semeval import (
     knowledge_score,
     mia_score,
     regurgitation_score,
@@ -38,6 +38,8 @@ from medforget.llm.evaluation.semeval import (
     split_completion,
     task_means,
 )
+from medforget.audit.lm.tables import format_lm_criteria
+from medforget.audit.verdict import FAIL, INCONCLUSIVE, PASS, decide
 
 
 def gap(estimate: float, sd: float, seed: int = 0) -> Gap:
@@ -190,7 +192,7 @@ def _evaluation(rng, shift: float, leak: bool) -> SimpleNamespace:
 
 
 def test_measure_estimates_equal_the_plain_statistics():
-    from medforget.llm.evaluation import forget_quality, mia_auc, model_utility
+    from medforget.audit.lm import forget_quality, mia_auc, model_utility
 
     rng = np.random.default_rng(0)
     probes = SimpleNamespace(

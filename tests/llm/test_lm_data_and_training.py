@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from medforget.datamodules.lm import qa_prompt
-from medforget.llm.system import ClinicalLM, load_lm
 from medforget.models.causal_lm import train_bpe_tokenizer
+from medforget.systems.lm import ClinicalLM, load_lm
 from tests.llm.conftest import tiny_lm_datamodule
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import medforget.llm.methods  # noqa: F401  (registers the methods)
-from medforget.llm.methods.base import LMUnlearningMethod
-from medforget.llm.system import ClinicalLM, LoRA, export_lm, is_adapter_parameter, load_lm
+import medforget.methods.lm  # noqa: F401  (registers the methods)
+from medforget.methods.lm.base import LMUnlearningMethod
+from medforget.systems.lm import ClinicalLM, LoRA, export_lm, is_adapter_parameter, load_lm
 from tests.llm.test_methods import fit, sha256, weights
 
 TINY_LORA = LoRA(rank=2, alpha=4.0)

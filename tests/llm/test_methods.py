@@ -13,15 +13,15 @@ import lightning as L
 import pytest
 import torch
 
-import medforget.llm.methods  # noqa: F401  (registers the methods)
-from medforget.llm.methods.base import LMUnlearningMethod
-from medforget.llm.methods.flat import DIVERGENCES, flat_loss
-from medforget.llm.methods.grin import GRIN
-from medforget.llm.methods.losses import dpo_loss, npo_loss, simnpo_loss
-from medforget.llm.methods.rmu import RMU
-from medforget.llm.methods.saliency import top_fraction_mask
-from medforget.llm.methods.sure import SURE
-from medforget.llm.system import load_lm
+import medforget.methods.lm  # noqa: F401  (registers the methods)
+from medforget.methods.lm._losses import dpo_loss, npo_loss, simnpo_loss
+from medforget.methods.lm._saliency import top_fraction_mask
+from medforget.methods.lm.base import LMUnlearningMethod
+from medforget.methods.lm.flat import DIVERGENCES, flat_loss
+from medforget.methods.lm.grin import GRIN
+from medforget.methods.lm.rmu import RMU
+from medforget.methods.lm.sure import SURE
+from medforget.systems.lm import load_lm
 from tests.llm.conftest import TINY_LM_DATA, tiny_lm_datamodule
 
 BASE_ARGS = set(inspect.signature(LMUnlearningMethod.__init__).parameters)
@@ -103,7 +103,7 @@ def test_every_argument_is_a_typed_flag_and_a_saved_hyperparameter(name):
 
 @pytest.mark.parametrize("name", ["NPO", "RMU"])
 def test_unlearn_lm_cli_exports_the_unlearned_model(name, tiny_lm_ckpt, tmp_path):
-    from medforget.cli import unlearn_lm
+    from medforget.commands import unlearn_lm
 
     digest = sha256(tiny_lm_ckpt)
     target = unlearn_lm(["--method", name, f"--ckpt={tiny_lm_ckpt}", f"--out={tmp_path / name}", *TINY_LM_DATA,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medforget.llm.system import ClinicalLM, load_lm
 from medforget.models.causal_lm import build_causal_lm, train_bpe_tokenizer
+from medforget.systems.lm import ClinicalLM, load_lm
 from tests.llm.conftest import TINY_LM_DATA, tiny_lm_datamodule
 
 
@@ -22,7 +22,7 @@ def local_model_dir(tmp_path_factory):
 
 
 def test_train_lm_fine_tunes_a_local_pretrained_model(local_model_dir, tmp_path):
-    from medforget.cli import train_lm
+    from medforget.commands import train_lm
 
     before = ClinicalLM(pretrained=str(local_model_dir))
     assert all(m.training for m in before.lm.modules())  # fine-tuning trains with the model's dropout on

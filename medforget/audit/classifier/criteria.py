@@ -1,0 +1,284 @@
+"""The classifier audit's criteria: gaps to the retrained model with paired patient-bootstrap intervals, decided
+three ways (:mod:`medforget.audit.verdict`).
+
+Every criterion is a gap between the unlearned and the retrained model computed from per-sample outputs kept in
+:class:`RunArtifacts`. Its interval comes from the same ``B`` patient resamples for every model of a run (paired):
+forget patients for forget-set criteria, test patients for utility, the relearning attack's held-out forget patients
+for relearning. With several runs (seeds) the per-run replicates are combined by resampling runs as well
+(:func:`~medforget.audit.verdict.combine_runs`).
+
+=========================  ======================================================  ==========  ==============
+criterion                  gap                                                     sided       tolerance
+=========================  ======================================================  ==========  ==============
+``mia/<attack>``           patient-level attack AUC (forget vs test): u - r        two-sided   mia_auc_gap
+``forget_accuracy``        forget accuracy (fused head): u - r                     two-sided   forget_accuracy_gap
+``forget_auc``             forget macro AUC: u - r                                 two-sided   forget_auc_gap
+``test_auc_drop``          test macro AUC: r - u                                   upper       test_auc_drop
+``quantization/<scheme>``  forget accuracy recovered: (q(u) - u) / (o - u)         upper       quantization_recovery
+``relearning``             forget accuracy after the relearning attack: u - r      upper       relearn_accuracy_gap
+=========================  ======================================================  ==========  ==============
+
+(u: unlearned, r: retrained, o: original, q: quantized.) Each forgetting criterion (attacks, forget accuracy and AUC,
+relearning) is also computed for the original model in the unlearned model's place (its **power**): a criterion on
+which the original is not shown to differ (FAIL, or at least a point estimate outside the tolerance) cannot tell
+forgetting from not forgetting on this model; it is marked ``no power`` and does not count towards the verdict.
+Utility lost and quantization recovery are not forgetting tests of the original (it loses no utility and has nothing
+to recover), so they always count. With several runs of one request, the same gap between the
+retrained models of different seeds is the criterion's **noise floor**.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medforget.audit.bootstrap import classification_replicates, patient_draws, patient_scores, weighted_auc
+from medforget.audit.verdict import FAIL, NA, combine_runs, decide
+
+REFERENCE = "retrained"
+MIN_CHANGE = 0.02  # a recovered fraction needs the original and the model to differ by this much (as robustness)
+
+
+@dataclass
+class RunArtifacts:
+    """Per-sample outputs of one audit run, kept in memory for intervals and plots (no patient ID is kept; patients
+    are integer codes).
+
+    Attributes:
+        scores: Per model and attack, the per-part membership scores.
+        logits: Per model, fused-head logits ``(N, C)`` of the ``forget`` and ``test`` parts.
+        labels: Labels of each part.
+        groups: Patient code of each sample, per part.
+        quantized: Per model and scheme, fused-head logits of the quantized model on ``forget``.
+        relearned: Per model, fused-head logits on the relearning attack's held-out forget studies after the attack.
+        relearn_labels: Labels of those studies.
+        relearn_groups: Patient codes of those studies.
+        request: The forget request this run audits (runs of one request share their patient resamples).
+    """
+
+    scores: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
+    logits: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+    quantized: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    relearned: dict[str, np.ndarray] = field(default_factory=dict)
+    relearn_labels: np.ndarray | None = None
+    relearn_groups: np.ndarray | None = None
+    request: str = ""
+
+
+Values = dict[str, tuple[float, np.ndarray]]  # quantity -> (estimate, (B,) replicates)
+
+
+class Draws:
+    """The patient resamples of one run: forget, test and held-out (relearning) patients, drawn in that order from
+    one seeded generator, so two runs of one request get the same resamples."""
+
+    def __init__(self, art: RunArtifacts, reps: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.forget = patient_draws(art.groups["forget"], reps, rng)
+        self.test = patient_draws(art.groups["test"], reps, rng)
+        self.held = patient_draws(art.relearn_groups, reps, rng) if art.relearn_groups is not None else None
+
+    @staticmethod
+    def samples(draws: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        counts, codes = draws
+        return counts[:, codes]
+
+
+def _with_point(weights: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> tuple[float, np.ndarray]:
+    """``fn`` on unit weights (the estimate) and on every resample."""
+    ones = np.ones((1, weights.shape[1]))
+    return float(fn(ones)[0]), fn(weights)
+
+
+def model_values(art: RunArtifacts, model: str, draws: Draws) -> Values:
+    """Every quantity the criteria need for one model, with its replicates."""
+    out: Values = {}
+    wf, wt = Draws.samples(draws.forget), Draws.samples(draws.test)
+    for part, w in (("forget", wf), ("test", wt)):
+        if model not in art.logits or part not in art.logits[model]:
+            continue
+        logits, labels = art.logits[model][part], art.labels[part]
+        point = classification_replicates(logits, labels, np.ones((1, len(labels))))
+        reps = classification_replicates(logits, labels, w)
+        for metric in point:
+            out[f"{part}_{metric}"] = (float(point[metric][0]), reps[metric])
+    fcounts, fcodes = draws.forget
+    tcounts, tcodes = draws.test
+    for attack, parts in art.scores.get(model, {}).items():
+        f, t = np.asarray(parts["forget"], dtype=float), np.asarray(parts["test"], dtype=float)
+        out[f"mia_study/{attack}"] = _pair_auc(f, t, wf, wt)
+        for how, key in (("mean", "mia"), ("max", "mia_max")):  # codes are 0..P-1: patient order = count order
+            pf, pt = patient_scores(f, fcodes, how)[1], patient_scores(t, tcodes, how)[1]
+            out[f"{key}/{attack}"] = _pair_auc(pf, pt, fcounts, tcounts)
+    for scheme, logits in art.quantized.get(model, {}).items():
+        out[f"quantized_forget_accuracy/{scheme}"] = _with_point(
+            wf, lambda w, lg=logits: classification_replicates(lg, art.labels["forget"], w)["accuracy"])
+    if model in art.relearned and draws.held is not None:
+        wh = Draws.samples(draws.held)
+        logits = art.relearned[model]
+        out["relearned_accuracy"] = _with_point(
+            wh, lambda w: classification_replicates(logits, art.relearn_labels, w)["accuracy"])
+    return out
+
+
+def _pair_auc(pos: np.ndarray, neg: np.ndarray, w_pos: np.ndarray, w_neg: np.ndarray) -> tuple[float, np.ndarray]:
+    return float(weighted_auc(pos, neg, np.ones(len(pos)), np.ones(len(neg)))[0]), weighted_auc(pos, neg, w_pos, w_neg)
+
+
+# --- criterion definitions -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Criterion:
+    """One criterion: how its gap is computed from the model values (``u``, ``r``, ``o``), which patients it rests
+    on, which way it is judged and which tolerance applies."""
+
+    name: str
+    description: str
+    tolerance_field: str
+    sided: str
+    units: str  # forget | test | held
+    gap: Callable[[Values, Values, Values | None], tuple[float, np.ndarray] | None]
+    direction: tuple[str, str] = ("under-unlearned", "over-unlearned")  # what a positive / negative gap means
+    power_check: bool = True  # a forgetting criterion, which the original model must fail to count
+
+
+def _diff(key: str, sign: float = 1.0):
+    def gap(u: Values, r: Values, o: Values | None):
+        if key not in u or key not in r:
+            return None
+        return sign * (u[key][0] - r[key][0]), sign * (u[key][1] - r[key][1])
+
+    return gap
+
+
+def _recovered(scheme: str):
+    def gap(u: Values, r: Values, o: Values | None):
+        key = f"quantized_forget_accuracy/{scheme}"
+        if o is None or key not in u or "forget_accuracy" not in o:
+            return None
+        q, base, orig = u[key], u["forget_accuracy"], o["forget_accuracy"]
+
+        def fraction(qv, bv, ov):
+            change = ov - bv
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(np.abs(change) >= MIN_CHANGE, (qv - bv) / np.where(change == 0, 1, change), np.nan)
+
+        return float(fraction(q[0], base[0], orig[0])), fraction(q[1], base[1], orig[1])
+
+    return gap
+
+
+def criteria_for(attacks: list[str], schemes: list[str], relearning: bool) -> list[Criterion]:
+    """The criteria of an audit that ran ``attacks``, quantization ``schemes`` and (maybe) the relearning attack."""
+    out = [Criterion(f"mia/{a}", f"{a} AUC per patient (forget vs test): unlearned - retrained", "mia_auc_gap",
+                     "two-sided", "forget", _diff(f"mia/{a}")) for a in attacks]
+    out += [
+        Criterion("forget_accuracy", "forget accuracy (fused head): unlearned - retrained", "forget_accuracy_gap",
+                  "two-sided", "forget", _diff("forget_accuracy")),
+        Criterion("forget_auc", "forget AUC (fused head): unlearned - retrained", "forget_auc_gap", "two-sided",
+                  "forget", _diff("forget_auc")),
+        Criterion("test_auc_drop", "test AUC (fused head) lost: retrained - unlearned", "test_auc_drop", "upper",
+                  "test", _diff("test_auc", -1.0), ("utility lost", "utility gained"), power_check=False),
+    ]
+    out += [Criterion(f"quantization/{s}", f"share of the forgotten forget accuracy that {s} quantization recovers",
+                      "quantization_recovery", "upper", "forget", _recovered(s), power_check=False)
+            for s in schemes]
+    if relearning:
+        out.append(Criterion("relearning", "forget accuracy after the relearning attack: unlearned - retrained",
+                             "relearn_accuracy_gap", "upper", "held", _diff("relearned_accuracy")))
+    return out
+
+
+def _units(art: RunArtifacts, which: str) -> int:
+    groups = {"forget": art.groups.get("forget"), "test": art.groups.get("test"), "held": art.relearn_groups}[which]
+    return int(len(np.unique(groups))) if groups is not None else 0
+
+
+def evaluate_criteria(
+    runs: list[RunArtifacts],
+    tolerances: Any,
+    reps: int,
+    seed: int = 0,
+    unlearned: str = "unlearned",
+) -> list[dict[str, Any]]:
+    """Decide every criterion over one or more runs.
+
+    Args:
+        runs: One :class:`RunArtifacts` per run; each needs ``unlearned`` and ``retrained`` outputs.
+        tolerances: The :class:`~medforget.audit.classifier.audit.Tolerances`.
+        reps: Bootstrap resamples (0: no intervals, every verdict ``n/a``).
+        seed: Seed of the resamples (runs of one request share them, so their gaps pair).
+        unlearned: The model judged (``unlearned``; ``original`` judges the original, as the power check does).
+
+    Returns:
+        One dict per criterion: ``criterion``, ``description``, the :func:`~medforget.audit.verdict.decide`
+        fields, ``power`` (the original's decision, when an original was audited), ``has_power``, ``counted``,
+        ``noise_floor`` (mean ``|gap|`` between retrained models of different runs of one request; ``None`` with one
+        run) and ``runs``.
+    """
+    usable = [a for a in runs if unlearned in a.logits and REFERENCE in a.logits]
+    if not usable or reps <= 0:
+        return []
+    draws = [Draws(a, reps, seed) for a in usable]
+    values = [{m: model_values(a, m, d) for m in a.logits} for a, d in zip(usable, draws, strict=True)]
+    first = usable[0]
+    attacks = sorted(set.intersection(*[set(a.scores.get(unlearned, {})) for a in usable]))
+    schemes = sorted(set.intersection(*[set(a.quantized.get(unlearned, {})) for a in usable]))
+    relearning = all(unlearned in a.relearned for a in usable)
+    out = []
+    for crit in criteria_for(attacks, schemes, relearning):
+        tolerance = float(getattr(tolerances, crit.tolerance_field))
+        units = _units(first, crit.units)
+        unit = "test patients" if crit.units == "test" else "forget patients"
+
+        def judged(model: str, crit: Criterion = crit, tolerance: float = tolerance, units: int = units,
+                   unit: str = unit) -> dict[str, Any] | None:
+            gaps = [crit.gap(v[model], v[REFERENCE], v.get("original")) for v in values if model in v]
+            if len(gaps) != len(values) or any(g is None for g in gaps):
+                return None
+            estimate, replicates = combine_runs([g[0] for g in gaps], [g[1] for g in gaps], seed)
+            return decide(estimate, replicates, tolerance, crit.sided, units=units, unit=unit)
+
+        decision = judged(unlearned)
+        if decision is None:
+            continue
+        entry = {"criterion": crit.name, "description": crit.description, **decision, "runs": len(usable),
+                 "direction": _direction(crit, decision)}
+        power = judged("original") if unlearned != "original" and crit.power_check else None
+        if power is not None:
+            est = power["estimate"]
+            outside = not math.isnan(est) and (abs(est) if crit.sided == "two-sided" else est) > tolerance
+            entry["power"] = {k: power[k] for k in ("verdict", "estimate", "ci95")}
+            entry["has_power"] = bool(power["verdict"] == FAIL or outside)
+        else:
+            entry["power"], entry["has_power"] = None, None
+        entry["counted"] = entry["has_power"] is not False and decision["verdict"] != NA
+        entry["noise_floor"] = _noise_floor(crit, usable, values)
+        out.append(entry)
+    return out
+
+
+def _direction(crit: Criterion, decision: dict[str, Any]) -> str:
+    """Which way the model is off: the direction of a gap whose 95% interval excludes 0 (else ``""``)."""
+    lo, hi = decision["ci95"]
+    if math.isnan(lo) or lo <= 0 <= hi:
+        return ""
+    return crit.direction[0] if lo > 0 else crit.direction[1]
+
+
+def _noise_floor(crit: Criterion, runs: list[RunArtifacts], values: list[dict[str, Values]]) -> float | None:
+    """Mean ``|gap|`` of the criterion between the retrained models of two runs of the same request."""
+    gaps = []
+    for i, j in itertools.permutations(range(len(runs)), 2):
+        if i > j or runs[i].request != runs[j].request:
+            continue
+        g = crit.gap(values[i][REFERENCE], values[j][REFERENCE], values[j].get("original"))
+        if g is not None and not math.isnan(g[0]):
+            gaps.append(abs(g[0]))
+    return float(np.mean(gaps)) if gaps else None
