@@ -100,7 +100,7 @@ def evaluate_checkpoint(path: Path, probes_args: dict[str, Any], accelerator: st
     from medforget.audit.lm import (
         attack_scores,
         build_probes,
-        evaluate_lm,
+        evaluate_language_model,
         forget_quality,
         mia_auc,
         quantize_lm,
@@ -114,7 +114,7 @@ def evaluate_checkpoint(path: Path, probes_args: dict[str, Any], accelerator: st
     out: dict[str, Any] = {}
     variants = [("fp", model)] + ([("int4", quantize_lm(model, "int4"))] if quantize else [])
     for name, m in variants:
-        ev = evaluate_lm(m, probes, truth_ratio_base=probes_args["truth_ratio_base"], mia=name == "fp")
+        ev = evaluate_language_model(m, probes, truth_ratio_base=probes_args["truth_ratio_base"], mia=name == "fp")
         row = {"metrics": ev.metrics, "seconds": ev.seconds}
         # the proxy for choosing hyper-parameters: forget vs holdout under the same model (no retraining needed)
         row["proxy"] = forget_quality(ev.truth_ratios["forget"], ev.truth_ratios["holdout"])

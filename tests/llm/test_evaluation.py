@@ -20,7 +20,7 @@ from medforget.audit.lm import (
     attack_scores,
     build_probes,
     contains_identifier,
-    evaluate_lm,
+    evaluate_language_model,
     forget_quality,
     greedy_generate,
     harmonic_mean,
@@ -300,7 +300,7 @@ def test_quantized_language_model_still_generates(tiny_lm, scheme):
 
 def test_evaluate_lm_on_the_tiny_model(tiny_lm):
     probes = build_probes(tiny_lm_datamodule(), retain_questions=12, holdout_questions=12)
-    result = evaluate_lm(tiny_lm, probes, max_new_tokens=16, truth_ratio_base="answer")
+    result = evaluate_language_model(tiny_lm, probes, max_new_tokens=16, truth_ratio_base="answer")
     m = result.metrics
     for part in ("forget", "retain", "holdout"):
         assert 0 <= m[part]["probability"] <= 1 and 0 <= m[part]["rouge_l_recall"] <= 1
@@ -310,4 +310,4 @@ def test_evaluate_lm_on_the_tiny_model(tiny_lm):
     assert set(m["extraction"]) == {"forget", "holdout"} and m["extraction"]["forget"]["patients"] == 3
     assert len(result.member_tokens) == len(probes.member_texts)
     with pytest.raises(ValueError, match="truth_ratio_base"):
-        evaluate_lm(tiny_lm, probes, truth_ratio_base="perturbed")
+        evaluate_language_model(tiny_lm, probes, truth_ratio_base="perturbed")

@@ -42,7 +42,7 @@ from medforget.audit.lm import (
     Probes,
     attack_scores,
     build_probes,
-    evaluate_lm,
+    evaluate_language_model,
     forget_quality,
     mia_metrics,
     privleak,
@@ -201,7 +201,7 @@ def run_lm_audit(
         if model is None:
             source, _, scheme = name.partition("@")
             model = quantize_lm(loaded[source][0], scheme, config.int4_group_size, config.quantize_head)
-        evaluations[name] = evaluate_lm(model, probes, config.max_new_tokens, config.batch_size,
+        evaluations[name] = evaluate_language_model(model, probes, config.max_new_tokens, config.batch_size,
                                         mia=bool(config.attacks), truth_ratio_base=base,
                                         semeval_max_new_tokens=config.semeval_max_new_tokens
                                         if config.semeval and "@" not in name else None)  # not quantized copies

@@ -271,7 +271,7 @@ def _extraction(probes: Probes, part: str, generate: _Generator,
             "patients": n, "prompts": len(prompts)}
 
 
-def evaluate_lm(model: ClinicalLM, probes: Probes, max_new_tokens: int = 48, batch_size: int = 64,
+def evaluate_language_model(model: ClinicalLM, probes: Probes, max_new_tokens: int = 48, batch_size: int = 64,
                 mia: bool = True, truth_ratio_base: str = "paraphrase",
                 semeval_max_new_tokens: int | None = None) -> LMEvaluation:
     """Evaluate one model on ``probes``.

@@ -11,17 +11,17 @@ from abc import abstractmethod
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
 from medforget.core.registry import Registry
 from medforget.datamodules import keys
+from medforget.methods.base import UnlearningBase
 from medforget.methods.classifier import selection
 from medforget.systems.classifier import FusionClassifier
 
 
-class UnlearningMethod(L.LightningModule):
+class UnlearningMethod(UnlearningBase):
     """Base system: loads the trained classifier from ``ckpt`` and updates it on forget/retain batches.
 
     Args:
@@ -34,13 +34,6 @@ class UnlearningMethod(L.LightningModule):
 
     registry: ClassVar[Registry[type[UnlearningMethod]]] = Registry("method", "medforget.methods.classifier")
     one_shot: ClassVar[bool] = False  # edits the weights once instead of training (no training steps)
-
-    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
-        """Register the subclass by its name (``register=False`` in the class statement: a shared base, not a
-        choice)."""
-        super().__init_subclass__(**kwargs)
-        if register:
-            UnlearningMethod.registry.register_class(cls)
 
     def __init__(
         self,
@@ -73,6 +66,9 @@ class UnlearningMethod(L.LightningModule):
 
     def on_attach(self) -> None:
         """Hook for methods that need a frozen copy of the original model, masks, etc."""
+
+    def unlearned_module(self) -> torch.nn.Module:
+        return self.net
 
     @property
     def net(self):
@@ -190,14 +186,13 @@ class UnlearningMethod(L.LightningModule):
         self.selection_reference = selection.part_metrics(outputs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["medforget_selection_reference"] = self.selection_reference
         checkpoint["medforget_selection"] = self._last_selection
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.selection_reference = checkpoint.get("medforget_selection_reference")
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.net.parameters() if p.requires_grad]
 
     def configure_optimizers(self):
         params, cfg = self.trainable_parameters(), self.optimizer_settings

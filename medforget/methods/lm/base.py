@@ -23,11 +23,11 @@ import copy
 from abc import abstractmethod
 from typing import Any, ClassVar, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
 from medforget.core.registry import Registry
+from medforget.methods.base import UnlearningBase
 from medforget.systems.lm import ClinicalLM, LoRA, load_lm
 
 
@@ -62,7 +62,7 @@ def kl_to_reference(model: ClinicalLM, reference: ClinicalLM, batch: dict[str, t
     return (kl * mask).sum() / mask.sum().clamp_min(1)
 
 
-class LMUnlearningMethod(L.LightningModule):
+class LMUnlearningMethod(UnlearningBase):
     """Base system: loads the trained language model from ``ckpt`` and updates it on forget / retain batches.
 
     Args:
@@ -80,14 +80,7 @@ class LMUnlearningMethod(L.LightningModule):
     registry: ClassVar[Registry[type[LMUnlearningMethod]]] = Registry("method", "medforget.methods.lm")
     needs_reference: ClassVar[bool] = False  # keeps a frozen copy of the original model as ``self.reference``
     uses_retain: ClassVar[bool] = True  # False: forget data only (GradAscent, FLAT); alpha is ignored
-    restricts_updates: ClassVar[bool] = False  # True: only the True entries of ``update_masks`` ever change
-
-    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
-        """Register the subclass by its name (``register=False`` in the class statement: a shared base, not a
-        choice)."""
-        super().__init_subclass__(**kwargs)
-        if register:
-            LMUnlearningMethod.registry.register_class(cls)
+    checkpoint_key: ClassVar[str] = "medforget_lm_unlearning"
 
     def __init__(
         self,
@@ -110,8 +103,6 @@ class LMUnlearningMethod(L.LightningModule):
                          "retain_loss": retain_loss}
         self.model: ClinicalLM | None = None
         self.reference: ClinicalLM | None = None
-        self.prepared = False  # prepare() has run (saved in Lightning checkpoints: a resumed run skips it)
-        self.update_masks: dict[str, torch.Tensor] = {}  # parameter name -> bool mask (True: may change)
         if ckpt is not None:
             self.attach(load_lm(ckpt))
 
@@ -130,17 +121,8 @@ class LMUnlearningMethod(L.LightningModule):
     def on_attach(self) -> None:
         """Hook for methods that need directions, frozen parameters or buffers before training (no data yet)."""
 
-    def prepare(self) -> None:
-        """Hook for set-up that needs data (:meth:`part_batches`): scores, masks, noise. Runs once, at the start of
-        the first fit, with gradients enabled; a run resumed from a Lightning checkpoint does not run it again."""
-
-    def on_fit_start(self) -> None:
-        if not self.prepared:
-            with torch.enable_grad():
-                self.prepare()
-            self.lm.zero_grad(set_to_none=True)
-            self.prepared = True
-        self.update_masks = {n: m.to(self.device, torch.bool) for n, m in self.update_masks.items()}
+    def unlearned_module(self) -> ClinicalLM:
+        return self.lm
 
     @property
     def lm(self) -> ClinicalLM:
@@ -206,27 +188,11 @@ class LMUnlearningMethod(L.LightningModule):
         self.log(f"val/{part}_answer_nll", -logp.sum() / count.sum().clamp_min(1), prog_bar=True,
                  batch_size=len(logp), add_dataloader_idx=False)
 
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.lm.parameters() if p.requires_grad]
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """With ``restricts_updates``: zero the gradients outside ``update_masks`` (Adam's moments of those entries
-        stay exactly 0, so their updates are exactly 0) and apply AdamW's decoupled weight decay here, to the
-        updatable entries only (the optimizer itself has none), so masked-out weights never change, bit for bit."""
-        if not self.restricts_updates:
-            return
-        decay = self.settings["weight_decay"]
-        lrs = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
-        with torch.no_grad():
-            for name, p in self.lm.named_parameters():
-                if id(p) not in lrs or p.grad is None:  # AdamW skips parameters without a gradient, decay included
-                    continue
-                mask = self.update_masks.get(name)
-                if mask is not None:
-                    p.grad.mul_(mask)
-                if decay:
-                    factor = lrs[id(p)] * decay
-                    p.sub_(p * factor if mask is None else p * mask * factor)
+        """With ``restricts_updates``: the update masks, with AdamW's decoupled weight decay applied to the
+        updatable entries only (:meth:`~medforget.methods.base.UnlearningBase.apply_update_masks`)."""
+        if self.restricts_updates:
+            self.apply_update_masks(optimizer, self.settings["weight_decay"])
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.settings["lr"],
@@ -235,13 +201,3 @@ class LMUnlearningMethod(L.LightningModule):
         warm = int(self.settings["warmup"] * total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warm)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # --- checkpoints --------------------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["medforget_lm_unlearning"] = {"prepared": self.prepared,
-                                                 "update_masks": {n: m.cpu() for n, m in self.update_masks.items()}}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("medforget_lm_unlearning", {})
-        self.prepared = bool(state.get("prepared", False))
-        self.update_masks = dict(state.get("update_masks", {}))
