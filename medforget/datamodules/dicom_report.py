@@ -27,6 +27,7 @@ from medforget.datamodules.sampling import (
     POOL_FACTOR,
     EpochSubsetSampler,
     default_retain_per_epoch,
+    default_selection_val_patients,
     patient_pool,
     patient_sample,
 )
@@ -191,8 +192,10 @@ class DicomReportDataModule(L.LightningDataModule):
         retain_pool: Retain studies decoded and cached in ``unlearn`` mode (``bounded``): whole patients in a seeded
             order until the pool holds this many; default ``4 x retain_per_epoch``. Methods that estimate statistics
             over the retain set (Fisher information, SSD's importances, SalUn's saliency) estimate them on the pool.
-        max_eval_patients: Patients per part (retain, val, test) that the audit scores and that ``unlearn``-mode
-            validation scores (``bounded``); seeded samples, drawn by patient. ``None``: all.
+        max_eval_patients: Patients per part (retain, val, test) that the audit scores (``bounded``); seeded samples,
+            drawn by patient. ``None``: all.
+        selection_val_patients: Val patients scored after every ``unlearn``-mode epoch for checkpoint selection
+            (``bounded``; seeded); default ``max(4 x forget patients, 64)``, at most ``max_eval_patients``.
     """
 
     def __init__(
@@ -220,6 +223,7 @@ class DicomReportDataModule(L.LightningDataModule):
         retain_per_epoch: int | None = None,
         retain_pool: int | None = None,
         max_eval_patients: int | None = MAX_EVAL_PATIENTS,
+        selection_val_patients: int | None = None,
     ) -> None:
         super().__init__()
         if mode == "unlearn" and forget is None:
@@ -257,13 +261,15 @@ class DicomReportDataModule(L.LightningDataModule):
             raise ValueError(f"--data.selection_fraction must lie in [0, 1), got {selection_fraction}")
         self.selection_fraction = selection_fraction
         for flag, value in (("retain_per_epoch", retain_per_epoch), ("retain_pool", retain_pool),
-                            ("max_eval_patients", max_eval_patients)):
+                            ("max_eval_patients", max_eval_patients),
+                            ("selection_val_patients", selection_val_patients)):
             if value is not None and value < 1:
                 raise ValueError(f"--data.{flag} must be >= 1 (or null for the default), got {value}")
         self.bounded = bool(bounded)
         self.retain_per_epoch = retain_per_epoch
         self.retain_pool = retain_pool
         self.max_eval_patients = max_eval_patients
+        self.selection_val_patients = selection_val_patients
         self.population: dict[str, np.ndarray] = {}
         self._epoch_retain: int | None = None
         self.skipped_images: list[str] = []
@@ -367,7 +373,10 @@ class DicomReportDataModule(L.LightningDataModule):
             self._epoch_retain = self.retain_per_epoch or default_retain_per_epoch(len(idx["forget"]))
             pool = self.retain_pool or POOL_FACTOR * self._epoch_retain
             idx["retain"] = patient_pool(patients, idx["retain"], pool, self.seed, "unlearn:retain-pool")
-            idx["val"] = patient_sample(patients, idx["val"], self.max_eval_patients, self.seed, "unlearn:val")
+            n_val = self.selection_val_patients or default_selection_val_patients(patients.loc[idx["forget"]].nunique())
+            if self.max_eval_patients is not None:
+                n_val = min(n_val, self.max_eval_patients)
+            idx["val"] = patient_sample(patients, idx["val"], n_val, self.seed, "unlearn:val")
         elif self.mode == "evaluate":
             for part in ("retain", "val", "test") if "forget" in idx else ("train", "val", "test"):
                 idx[part] = patient_sample(patients, idx[part], self.max_eval_patients, self.seed, f"audit:{part}")
@@ -389,6 +398,7 @@ class DicomReportDataModule(L.LightningDataModule):
             out["max_eval_patients"] = self.max_eval_patients
             if self.mode == "unlearn":
                 out["retain_per_epoch"] = self._epoch_retain
+                out["selection_val_patients"] = int(self.df.loc[self.indices["val"], "patient_id"].nunique())
         return out
 
     def _check_parts(self, manifest: Path, idx: dict[str, np.ndarray], after_skipping: bool = False) -> None:

@@ -13,11 +13,12 @@ from medforget.datamodules.dicom_report import DicomReportDataModule
 from medforget.datamodules.sampling import (
     EpochSubsetSampler,
     default_retain_per_epoch,
+    default_selection_val_patients,
     patient_pool,
     patient_sample,
 )
 
-BOUNDS = {"retain_pool": 12, "retain_per_epoch": 6, "max_eval_patients": 2}
+BOUNDS = {"retain_pool": 12, "retain_per_epoch": 6, "selection_val_patients": 2}
 
 
 def _patients(dm: DicomReportDataModule, rows) -> set[str]:
@@ -54,9 +55,11 @@ def test_patient_sample_keeps_at_most_max_patients():
     assert np.array_equal(patient_sample(patients, rows, 50, 0, "t"), rows)
 
 
-def test_default_retain_per_epoch():
+def test_default_bounds():
     assert default_retain_per_epoch(1) == 256
     assert default_retain_per_epoch(100) == 800
+    assert default_selection_val_patients(3) == 64
+    assert default_selection_val_patients(50) == 200
 
 
 def test_epoch_subset_sampler_is_seeded_and_refreshed_per_epoch():
