@@ -131,6 +131,7 @@ def unlearn(args: list[str] | None = None) -> Path:
             "parent_sha256": parent_sha256,
             "forget_patients": dm.summary()["forget"]["patients"],
             "data": _data_provenance(dm),
+            "sampling": dm.sampling(),  # what the run read: the forget patients, a bounded retain pool, val sample
             "unlearn_seconds": seconds,
             "selection": selected,
             # which forget patients checkpoint selection saw, as fraction and seed (the audit leaves them out)

@@ -23,6 +23,15 @@ from medforget.core.console import interactive
 from medforget.datamodules import keys
 from medforget.datamodules.dicom import DicomError
 from medforget.datamodules.manifest import load_manifest, manifest_hash
+from medforget.datamodules.sampling import (
+    MAX_EVAL_PATIENTS,
+    POOL_FACTOR,
+    EpochSubsetSampler,
+    default_retain_per_epoch,
+    default_selection_val_patients,
+    patient_pool,
+    patient_sample,
+)
 from medforget.datamodules.splits import assign_splits, resolve_forget, selection_patients
 from medforget.datamodules.transforms import image_transforms
 
@@ -172,6 +181,22 @@ class DicomReportDataModule(L.LightningDataModule):
             score; in ``evaluate`` mode they are left out of the ``forget`` part, so the audit never scores what
             selection saw. 0: selection uses the retain sample and val patients only (needed for requests of fewer
             than 3 patients). The audit takes it from the unlearned checkpoint.
+        bounded: Read, decode and score only a bounded part of the hospital, so that unlearning and auditing cost the
+            same whatever its size: in ``unlearn`` mode the forget patients, a seeded retain pool
+            (``retain_pool``) and at most ``max_eval_patients`` val patients, each epoch a fresh seeded draw of
+            ``retain_per_epoch`` retain studies from the pool (an epoch's steps are set by the forget request, not
+            by the hospital); in ``evaluate`` mode seeded samples of at most ``max_eval_patients`` retain, val and
+            test patients (the audit's ``audit.json`` records the sample sizes under ``data.sampling``). ``False``:
+            every retain, val and test study (each unlearning epoch a pass over every retain study).
+        retain_per_epoch: Retain studies per ``unlearn``-mode epoch (``bounded``); default
+            ``max(8 x forget studies, 256)``.
+        retain_pool: Retain studies decoded and cached in ``unlearn`` mode (``bounded``): whole patients in a seeded
+            order until the pool holds this many; default ``4 x retain_per_epoch``. Methods that estimate statistics
+            over the retain set (Fisher information, SSD's importances, SalUn's saliency) estimate them on the pool.
+        max_eval_patients: Patients per part (retain, val, test) that the audit scores (``bounded``); seeded samples,
+            drawn by patient. ``None``: all.
+        selection_val_patients: Val patients scored after every ``unlearn``-mode epoch for checkpoint selection
+            (``bounded``; seeded); default ``max(4 x forget patients, 64)``, at most ``max_eval_patients``.
     """
 
     def __init__(
@@ -195,6 +220,11 @@ class DicomReportDataModule(L.LightningDataModule):
         multiframe: Literal["first", "error"] = "first",
         on_bad_image: Literal["fail", "skip"] = "fail",
         selection_fraction: float = 0.25,
+        bounded: bool = True,
+        retain_per_epoch: int | None = None,
+        retain_pool: int | None = None,
+        max_eval_patients: int | None = MAX_EVAL_PATIENTS,
+        selection_val_patients: int | None = None,
     ) -> None:
         super().__init__()
         if mode == "unlearn" and forget is None:
@@ -231,6 +261,18 @@ class DicomReportDataModule(L.LightningDataModule):
         if not 0.0 <= selection_fraction < 1.0:
             raise ValueError(f"--data.selection_fraction must lie in [0, 1), got {selection_fraction}")
         self.selection_fraction = selection_fraction
+        for flag, value in (("retain_per_epoch", retain_per_epoch), ("retain_pool", retain_pool),
+                            ("max_eval_patients", max_eval_patients),
+                            ("selection_val_patients", selection_val_patients)):
+            if value is not None and value < 1:
+                raise ValueError(f"--data.{flag} must be >= 1 (or null for the default), got {value}")
+        self.bounded = bool(bounded)
+        self.retain_per_epoch = retain_per_epoch
+        self.retain_pool = retain_pool
+        self.max_eval_patients = max_eval_patients
+        self.selection_val_patients = selection_val_patients
+        self.population: dict[str, np.ndarray] = {}
+        self._epoch_retain: int | None = None
         self.skipped_images: list[str] = []
         self.df: pd.DataFrame | None = None
         self.indices: dict[str, np.ndarray] = {}
@@ -267,10 +309,13 @@ class DicomReportDataModule(L.LightningDataModule):
             if self.mode == "evaluate":  # the audit never scores what checkpoint selection saw
                 idx["forget"] = idx["forget"][~in_selection]
         self._check_parts(manifest, idx)  # before decoding any image
+        self.population = {name: rows.copy() for name, rows in idx.items()}  # every row of each part (not decoded)
+        if self.bounded:
+            idx = self._bounded(df, idx)
         needed = {
             "train": ("train", "val", "test"),
             "unlearn": ("forget", "retain", "val"),  # forget_selection is a subset of forget
-            "evaluate": ("forget", "retain", "train", "val", "test"),
+            "evaluate": ("forget", "retain", "val", "test") if "forget" in idx else ("train", "val", "test"),
         }[self.mode]
         rows = np.unique(np.concatenate([idx[k] for k in needed if k in idx]))
         items = [
@@ -320,6 +365,42 @@ class DicomReportDataModule(L.LightningDataModule):
         self._dataset = dataset
         self.indices = idx
         self.df = df  # last: a failed setup is not mistaken for a finished one
+
+    def _bounded(self, df: pd.DataFrame, idx: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The parts a bounded run reads (see ``bounded``): seeded samples by patient, drawn before any decoding."""
+        idx = dict(idx)
+        patients = df["patient_id"]
+        if self.mode == "unlearn":
+            self._epoch_retain = self.retain_per_epoch or default_retain_per_epoch(len(idx["forget"]))
+            pool = self.retain_pool or POOL_FACTOR * self._epoch_retain
+            idx["retain"] = patient_pool(patients, idx["retain"], pool, self.seed, "unlearn:retain-pool")
+            n_val = self.selection_val_patients or default_selection_val_patients(patients.loc[idx["forget"]].nunique())
+            if self.max_eval_patients is not None:
+                n_val = min(n_val, self.max_eval_patients)
+            idx["val"] = patient_sample(patients, idx["val"], n_val, self.seed, "unlearn:val")
+        elif self.mode == "evaluate":
+            for part in ("retain", "val", "test") if "forget" in idx else ("train", "val", "test"):
+                idx[part] = patient_sample(patients, idx[part], self.max_eval_patients, self.seed, f"audit:{part}")
+        return idx
+
+    def sampling(self) -> dict[str, Any]:
+        """What this run reads of each part: patients and studies read, out of how many (counts only), and the
+        bounds in force -- what the audit records as ``data.sampling``."""
+        if self.df is None:
+            self.setup()
+        parts = {}
+        for name, rows in self.indices.items():
+            everything = self.population.get(name, rows)
+            parts[name] = {"patients": int(self.df.loc[rows, "patient_id"].nunique()), "studies": len(rows),
+                           "of_patients": int(self.df.loc[everything, "patient_id"].nunique()),
+                           "of_studies": len(everything)}
+        out: dict[str, Any] = {"bounded": self.bounded, "parts": parts}
+        if self.bounded:
+            out["max_eval_patients"] = self.max_eval_patients
+            if self.mode == "unlearn":
+                out["retain_per_epoch"] = self._epoch_retain
+                out["selection_val_patients"] = int(self.df.loc[self.indices["val"], "patient_id"].nunique())
+        return out
 
     def _check_parts(self, manifest: Path, idx: dict[str, np.ndarray], after_skipping: bool = False) -> None:
         """Reject a setup whose training, retain or forget part is empty."""
@@ -384,16 +465,19 @@ class DicomReportDataModule(L.LightningDataModule):
         return manifest_hash(self.manifest_path)
 
     # --- loaders ------------------------------------------------------------------------------------------------
-    def _loader(self, name: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+    def _loader(self, name: str, shuffle: bool, batch_size: int | None = None,
+                sampler: EpochSubsetSampler | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         subset, batch_size = self.subset(name), batch_size or self.batch_size
+        served = len(sampler) if sampler is not None else len(subset)
         return DataLoader(
             subset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             # a last training batch of one image would stop BatchNorm ("expected more than 1 value per channel"); as
             # the order is reshuffled every epoch, the image left out differs from epoch to epoch
-            drop_last=shuffle and len(subset) > 1 and len(subset) % batch_size == 1,
+            drop_last=shuffle and served > 1 and served % batch_size == 1,
             num_workers=self.num_workers,
             generator=generator,
             persistent_workers=self.num_workers > 0,
@@ -410,12 +494,21 @@ class DicomReportDataModule(L.LightningDataModule):
         if self.mode == "unlearn":
             loaders = {
                 keys.FORGET: self._loader("forget", True, self.forget_batch_size),
-                keys.RETAIN: self._loader("retain", True),
+                keys.RETAIN: self._loader("retain", True, sampler=self.retain_sampler()),
             }
             if self.unlearn_epoch == "forget" and len(loaders[keys.FORGET]) <= len(loaders[keys.RETAIN]):
                 return CombinedLoader(loaders, mode="min_size")  # retain is reshuffled every epoch
             return CombinedLoader(loaders, mode="max_size_cycle")
         return self._loader("train", True)
+
+    def retain_sampler(self) -> EpochSubsetSampler | None:
+        """``unlearn`` mode, ``bounded``: the sampler drawing each epoch's ``retain_per_epoch`` studies from the retain
+        pool (seeded by ``seed`` and the epoch); ``None`` otherwise (every retain study, reshuffled each epoch)."""
+        if self.df is None:
+            self.setup()
+        if not (self.bounded and self.mode == "unlearn"):
+            return None
+        return EpochSubsetSampler(len(self.indices["retain"]), self._epoch_retain, self.seed)
 
     def val_dataloader(self):
         """``train``/``evaluate`` mode: the val patients. ``unlearn`` mode: forget, retain-sample and val loaders in

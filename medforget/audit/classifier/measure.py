@@ -161,7 +161,8 @@ def evaluate_models(
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "data": {"manifest_sha256": datamodule.dataset_hash(), "parts": datamodule.summary(),
-                 "selection_fraction": datamodule.selection_fraction},
+                 "selection_fraction": datamodule.selection_fraction,
+                 **({"sampling": datamodule.sampling()} if hasattr(datamodule, "sampling") else {})},
         "models": results,
     }
     if REFERENCE in results:

@@ -117,11 +117,14 @@ def train_reference_models(
     df = datamodule.df
     # every forget row, also those of the patients set aside for checkpoint selection (none may be IN)
     forget_rows = sorted({int(r) for part in ("forget", "forget_selection") for r in datamodule.indices.get(part, [])})
-    train_rows = np.union1d(datamodule.indices["retain"], forget_rows).astype(int)
+    # every retain row, also those outside the audit's bounded sample: reference models are trained like retrains
+    retain_rows = getattr(datamodule, "population", {}).get("retain", datamodule.indices["retain"])
+    train_rows = np.union1d(retain_rows, forget_rows).astype(int)
     recipe = _fingerprint(split=datamodule.split_fingerprint, manifest=datamodule.dataset_hash(), k=k, seed=seed,
                           epochs=epochs, hparams=hparams,
                           data={key: v for key, v in data_kwargs.items()
-                                if key not in ("num_workers", "forget", "selection_fraction", "mode")})
+                                if key not in ("num_workers", "forget", "selection_fraction", "mode", "bounded",
+                                                "retain_per_epoch", "retain_pool", "max_eval_patients")})
     root = Path(out_dir)
     hit = _cached(root, recipe, set(forget_rows), k) if root.exists() else None
     if hit is not None:

@@ -173,6 +173,7 @@ def blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
         if n_runs > 1 else f"1 run; models: {', '.join(models)}",
         "parts: " + ", ".join(f"{k} {v['patients']} patients / {v['studies']} studies"
                               for k, v in report["data"]["parts"].items() if k != "retain_sample"),
+        _sampling_line(report["data"].get("sampling")),
     ]))
 
     if report["criteria"]:
@@ -340,3 +341,15 @@ def write_report(report: dict[str, Any], artifacts: RunArtifacts, out: str | Pat
     atomic_write_text(out / "audit.md", to_markdown(items))
     atomic_write_text(out / "audit.html", to_html(items, out))
     return {"markdown": out / "audit.md", "html": out / "audit.html", "plots": images}
+
+
+def _sampling_line(sampling: dict[str, Any] | None) -> str:
+    """What the audit scored of each part: a bounded seeded sample (``--data.bounded``) or everything."""
+    if not sampling:
+        return "scored: every study of each part"
+    if not sampling.get("bounded"):
+        return "scored: every study of each part (--data.bounded false)"
+    shown = [f"{name} {v['patients']} of {v['of_patients']} patients"
+             for name, v in sampling["parts"].items() if name in ("retain", "val", "test")]
+    return (f"scored: seeded samples of at most {sampling.get('max_eval_patients')} patients per part ("
+            + ", ".join(shown) + "); --data.bounded false scores every study")

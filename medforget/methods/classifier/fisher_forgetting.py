@@ -16,6 +16,8 @@ class FisherForgetting(OneShot):
 
     The Fisher is the empirical one, averaged over micro-batches of ``micro_batch`` samples (1 = exact per-sample
     squared gradients; larger is faster and underestimates it by about the micro-batch size, which ``alpha`` absorbs).
+    With ``--data.bounded true`` (the default) ``F_r`` is estimated on the bounded retain pool (``--data.retain_pool``
+    studies of whole patients), not on every retain study: its cost does not grow with the hospital.
 
     Args:
         ckpt: Checkpoint of the trained classifier.

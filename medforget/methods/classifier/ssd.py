@@ -17,6 +17,8 @@ class SSD(OneShot):
 
     Importances are means over loader batches, so ``I_f / I_D`` can be at most (batches of D) / (batches of D_f):
     ``alpha`` must stay below that ratio (the forget set must be a small part of D) for any weight to be selected.
+    With ``--data.bounded true`` (the default) D is the forget set plus the bounded retain pool
+    (``--data.retain_pool``), so ``I_D`` is estimated on a sample whose size does not grow with the hospital.
 
     Args:
         ckpt: Checkpoint of the trained classifier.

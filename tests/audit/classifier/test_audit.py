@@ -54,6 +54,11 @@ def test_evaluate_models_report(report, trained_ckpt, forget_file):
     assert (parts["retain"]["studies"] + parts["forget"]["studies"] + parts["forget_selection"]["studies"]
             == parts["train"]["studies"])
     assert len(report["data"]["manifest_sha256"]) == 64
+    # the audit says what it scored: bounded seeded samples by default (the tiny hospital fits in them whole)
+    sampling = report["data"]["sampling"]
+    assert sampling["bounded"] is True and sampling["max_eval_patients"] == 256
+    for part in ("retain", "val", "test"):
+        assert sampling["parts"][part]["patients"] == sampling["parts"][part]["of_patients"] == parts[part]["patients"]
     for name in ("original", "retrained"):
         res = report["models"][name]
         assert res["checkpoint"] == str(trained_ckpt)
