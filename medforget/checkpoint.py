@@ -45,8 +45,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_classifier(path: str | Path) -> FusionClassifier:
-    """Rebuild a :class:`FusionClassifier` (weights + tokenizer) from a checkpoint, on the CPU, in eval mode."""
+    """Rebuild a :class:`FusionClassifier` (weights + tokenizer) from a checkpoint, on the CPU, in eval mode; a
+    sharded ensemble's checkpoint (``train --shards``) gives a :class:`~medforget.ensemble.FusionEnsemble`, which
+    has the classifier's interface."""
     ckpt = read_checkpoint(path)
+    from medforget.ensemble import ensemble_from_checkpoint, is_ensemble_checkpoint
+
+    if is_ensemble_checkpoint(ckpt):
+        return ensemble_from_checkpoint(ckpt, path)
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{path}: no state_dict/hyper_parameters; not a medforget classifier checkpoint")
     fmt = ckpt.get("medforget", {}).get("format")

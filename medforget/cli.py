@@ -212,6 +212,11 @@ class TrainCLI(_RunCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
         parser.link_arguments("data.channels", "model.image_channels")  # one flag: the data's and the encoder's
+        parser.add_argument("--shards", type=int | None, default=None,
+                            help="SISA: train one model per shard of K disjoint patient shards and export their "
+                                 "ensemble, which `unlearn --method SISA` unlearns exactly (medforget.sisa).")
+        parser.add_argument("--slices", type=int, default=1,
+                            help="SISA: slices per shard, trained incrementally (trainer.max_epochs per slice).")
 
 
 class UnlearnCLI(_RunCLI):
@@ -259,6 +264,10 @@ def train(args: list[str] | None = None) -> Path:
         trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "medforget train", "description": VERBS["train"]},
     )
+    if cli.config.get("shards") is not None:  # SISA: the shards, their slice checkpoints and the ensemble
+        from medforget.sisa import train_sharded
+
+        return train_sharded(cli)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
     seconds = time.perf_counter() - start
@@ -471,6 +480,8 @@ def unlearn(args: list[str] | None = None) -> Path:
     original = getattr(method.classifier, "provenance", {})
     cli.datamodule.setup("fit")
     check_split(method.classifier, cli.datamodule, cli.config.ckpt)
+    if method.retrains:  # exact unlearning (SISA): retrain the affected shards instead of fitting the method
+        return method.retrain(cli)
     parent_sha256 = sha256_file(cli.config.ckpt)
     start = time.perf_counter()
     cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
