@@ -27,6 +27,9 @@ kernels; tested on the CPU):
 - *Continuation.* Every stage after the first starts from its predecessor's checkpoint *file* (in training too),
   with a fresh optimizer and one-cycle schedule over the stage's steps, so continuing from a stored checkpoint is
   the same computation as continuing in memory.
+- *Devices.* Shards and stages are trained one after another, each on one device (``--trainer.accelerator``;
+  ``--trainer.devices``/DDP settings are not used), with ``deterministic=True`` unless ``--trainer.deterministic``
+  says otherwise; ``trainer.max_epochs`` is the number of epochs of every stage.
 - *Tokenizer.* A member's WordPiece tokenizer is fitted on its shard's slice-0 reports only (a pretrained encoder's
   tokenizer is used as is), so no stage depends on patients of a later slice or another shard.
 
@@ -40,6 +43,7 @@ import hashlib
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +197,9 @@ def train_shard(
             num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(out_dir),
         )
         begin = time.perf_counter()
-        trainer.fit(model, train_dataloaders=loader)
+        with warnings.catch_warnings():  # stages train without validation (the ensemble is what gets evaluated)
+            warnings.filterwarnings("ignore", ".*`validation_step` but have no `val_dataloader`.*")
+            trainer.fit(model, train_dataloaders=loader)
         seconds = time.perf_counter() - begin
         path = out_dir / f"shard_{shard}" / f"slice_{i}.ckpt"
         patients = int(dm.df.loc[rows, "patient_id"].nunique())
