@@ -247,6 +247,14 @@ def _trainer_settings(cli: Any) -> dict[str, Any]:
             "precision": trainer.get("precision"), "deterministic": True if deterministic is None else deterministic}
 
 
+def _single_process(flag: str) -> None:
+    """Shards are trained one after another in one process: refuse a multi-process (torchrun / DDP) launch, in which
+    every rank would write the same slice checkpoints."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"{flag} trains the shards one after another in one process, each on one device: launch it "
+                         "without torchrun/DDP (WORLD_SIZE > 1 here)")
+
+
 def check_layout(shards: int | None, slices: int, patients: int) -> None:
     """Refuse a layout that cannot be trained, naming the flag."""
     if shards is None or shards < 1:
@@ -260,6 +268,7 @@ def check_layout(shards: int | None, slices: int, patients: int) -> None:
 
 def train_sharded(cli: Any) -> Path:
     """``train --shards K [--slices S]``: the SISA shards, their slice checkpoints and the ensemble ``model.ckpt``."""
+    _single_process("--shards")
     config = cli.config
     shards, slices = config.get("shards"), config.get("slices")
     slices = 1 if slices is None else int(slices)
@@ -323,6 +332,7 @@ def unlearn_sharded(cli: Any, method: Any) -> Path:
     """``unlearn --method SISA``: retrain the shards that hold forget patients; export the new ensemble."""
     from medforget.cli import _data_provenance
 
+    _single_process("--method SISA")
     ckpt = Path(cli.config.ckpt)
     ensemble: FusionEnsemble = method.classifier
     parent = sisa_record(ensemble, ckpt)

@@ -225,3 +225,21 @@ def test_sisa_never_overwrites_the_input_slices(ensemble_ckpt, sisa_request, tin
                  f"--data.manifest={tiny_hospital}", *TINY_DATA, *QUIET, NO_SELECTION, f"--out={ensemble_ckpt.parent}",
                  "--overwrite=true"])
     assert {p: _sha(p) for p in ensemble_ckpt.parent.rglob("*.ckpt")} == before
+
+
+def test_ensemble_members_must_share_one_recipe():
+    from medforget.classifier import FusionClassifier
+
+    tiny = {"image_width": 8, "text_hidden": 32, "vocab_size": 256, "max_length": 48}
+    with pytest.raises(ValueError, match="member 1 has another recipe"):
+        FusionEnsemble([FusionClassifier(joint_dim=32, **tiny), FusionClassifier(joint_dim=16, **tiny)])
+    with pytest.raises(ValueError, match="at least one member"):
+        FusionEnsemble([])
+
+
+def test_sharded_training_refuses_a_multi_process_launch(tiny_hospital, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--shards trains the shards one after another"):
+        train([f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL, *QUIET, "--shards=2",
+               f"--out={tmp_path / 'e'}"])
+    assert not (tmp_path / "e" / "model.ckpt").exists()
