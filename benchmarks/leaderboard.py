@@ -52,6 +52,8 @@ def registry_methods() -> dict[str, tuple[str, list[str], list[float | None]]]:
         configs.setdefault(config["model"]["class_path"].rsplit(".", 1)[-1], (path.name, config))
     table = {}
     for name in list_methods():
+        if get_method(name).retrains:  # SISA unlearns sharded ensembles only: benchmarks/sisa.py
+            continue
         if name not in configs:
             raise SystemExit(f"no configs/unlearn/*.yaml for the registered method {name}")
         file, config = configs[name]

@@ -72,6 +72,8 @@ def train(
     out: str | Path = "runs/original",
     *,
     exclude_patients: str | Path | None = None,
+    shards: int | None = None,
+    slices: int = 1,
     epochs: int | None = None,
     seed: int | None = None,
     accelerator: str | None = None,
@@ -88,6 +90,9 @@ def train(
         manifest: The hospital's manifest (``None``: the embedded synthetic hospital).
         out: Run directory.
         exclude_patients: A forget request to leave out: the retrained reference model.
+        shards: SISA: train one model per shard of ``shards`` disjoint patient shards and export their ensemble
+            (``unlearn(..., method="SISA")`` unlearns it exactly); ``None``: one model.
+        slices: SISA: slices per shard, trained incrementally (``epochs`` per slice).
         epochs: ``--trainer.max_epochs`` (default 25).
         seed: ``--seed_everything`` (default 0); the split's seed is ``data={"seed": ...}``.
         accelerator: ``--trainer.accelerator``.
@@ -103,6 +108,7 @@ def train(
     """
     argv = [*_configs(config), *([f"--data.manifest={manifest}"] if manifest is not None else []),
             *([f"--data.exclude_patients={exclude_patients}"] if exclude_patients is not None else []),
+            *([f"--shards={shards}", f"--slices={slices}"] if shards is not None else []),
             *flags("data", data), *flags("model", model), *flags("trainer", trainer),
             *_run(epochs, seed, accelerator, overwrite), f"--out={out}", *extra_args]
     return commands.train(argv)

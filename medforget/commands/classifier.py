@@ -31,6 +31,12 @@ class TrainCLI(RunCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
         parser.link_arguments("data.channels", "model.image_channels")  # one flag: the data's and the encoder's
+        parser.add_argument("--shards", type=int | None, default=None,
+                            help="SISA: train one model per shard of K disjoint patient shards and export their "
+                                 "ensemble, which `unlearn --method SISA` unlearns exactly "
+                                 "(medforget.methods.classifier.sharding).")
+        parser.add_argument("--slices", type=int, default=1,
+                            help="SISA: slices per shard, trained incrementally (trainer.max_epochs per slice).")
 
 
 class UnlearnCLI(RunCLI):
@@ -56,20 +62,6 @@ class UnlearnCLI(RunCLI):
                 raise ValueError(f"medforget unlearn needs --{flag}")
 
 
-def _data_provenance(dm: DicomReportDataModule) -> dict[str, Any]:
-    return {
-        "manifest": str(dm.manifest_path),
-        "manifest_sha256": dm.dataset_hash(),
-        "seed": dm.seed,
-        "val_fraction": dm.val_fraction,
-        "test_fraction": dm.test_fraction,
-        "image_size": dm.image_size,
-        "channels": dm.channels,
-        "batch_size": dm.batch_size,
-        "parts": dm.summary(),
-    }
-
-
 @releasing_locks
 def train(args: list[str] | None = None) -> Path:
     """``medforget train``: fit a FusionClassifier and export ``<out>/model.ckpt``."""
@@ -79,6 +71,10 @@ def train(args: list[str] | None = None) -> Path:
         trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "medforget train", "description": VERBS["train"]},
     )
+    if cli.config.get("shards") is not None:  # SISA: the shards, their slice checkpoints and the ensemble
+        from medforget.methods.classifier.sharding import train_sharded
+
+        return train_sharded(cli)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
     seconds = time.perf_counter() - start
@@ -90,7 +86,7 @@ def train(args: list[str] | None = None) -> Path:
             "medforget_version": medforget.__version__,
             "split_fingerprint": dm.split_fingerprint,
             "excluded_patients": dm.summary().get("excluded", {}).get("patients", 0),
-            "data": _data_provenance(dm),
+            "data": dm.provenance(),
             "epochs": cli.trainer.current_epoch,
             "fit_seconds": seconds,
         })
@@ -113,6 +109,8 @@ def unlearn(args: list[str] | None = None) -> Path:
     original = getattr(method.classifier, "provenance", {})
     cli.datamodule.setup("fit")
     check_split(method.classifier, cli.datamodule, cli.config.ckpt)
+    if method.retrains:  # exact unlearning (SISA): retrain the affected shards instead of fitting the method
+        return method.retrain(cli)
     parent_sha256 = sha256_file(cli.config.ckpt)
     start = time.perf_counter()
     cli.trainer.fit(method, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
@@ -130,7 +128,7 @@ def unlearn(args: list[str] | None = None) -> Path:
             "source_checkpoint_kind": original.get("kind"),
             "parent_sha256": parent_sha256,
             "forget_patients": dm.summary()["forget"]["patients"],
-            "data": _data_provenance(dm),
+            "data": dm.provenance(),
             "sampling": dm.sampling(),  # what the run read: the forget patients, a bounded retain pool, val sample
             "unlearn_seconds": seconds,
             "selection": selected,

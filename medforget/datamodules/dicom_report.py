@@ -442,6 +442,38 @@ class DicomReportDataModule(L.LightningDataModule):
             raise KeyError(f"no {name!r} part in mode {self.mode!r} (forget request given: {self.forget is not None})")
         return _ImageSubset(self._dataset, [self._position[int(r)] for r in self.indices[name]])
 
+    def rows_dataset(self, rows: Sequence[int] | np.ndarray) -> Dataset:
+        """The decoded studies of manifest ``rows``: this datamodule's cached items when it holds them all, else a
+        cache of just these rows (the same transform, so the same tensors). SISA's retraining reads the retrained
+        shards' studies through it, beyond the bounded parts an ``unlearn`` run decodes."""
+        if self.df is None:
+            self.setup()
+        if self._dataset is not None and all(int(r) in self._position for r in rows):
+            return _ImageSubset(self._dataset, [self._position[int(r)] for r in rows])
+        df = self.df
+        items = [{keys.IMAGE: df.at[r, "image_path"], keys.REPORT: df.at[r, "report"],
+                  keys.LABEL: int(df.at[r, "label"]), keys.PATIENT_ID: df.at[r, "patient_id"],
+                  keys.STUDY_ID: df.at[r, "study_id"], keys.INDEX: int(r)} for r in rows]
+        transform = image_transforms(self.image_size, self.multiframe, channels=self.channels)
+        return CacheDataset(items, transform, cache_rate=1.0, num_workers=None, progress=False)
+
+    def provenance(self) -> dict[str, Any]:
+        """The data facts a checkpoint records: the manifest and its SHA-256, the split and image settings, and the
+        patients and studies of each part (counts only)."""
+        if self.df is None:
+            self.setup()
+        return {
+            "manifest": str(self.manifest_path),
+            "manifest_sha256": self.dataset_hash(),
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "batch_size": self.batch_size,
+            "parts": self.summary(),
+        }
+
     def train_reports(self) -> list[str]:
         """Reports of the training rows (excluded patients removed): what a tokenizer may be trained on."""
         if self.df is None:

@@ -34,6 +34,8 @@ class UnlearningMethod(UnlearningBase):
 
     registry: ClassVar[Registry[type[UnlearningMethod]]] = Registry("method", "medforget.methods.classifier")
     one_shot: ClassVar[bool] = False  # edits the weights once instead of training (no training steps)
+    retrains: ClassVar[bool] = False  # exact unlearning by retraining (SISA): the unlearn verb calls retrain(cli)
+    accepts_ensemble: ClassVar[bool] = False  # may be given a sharded ensemble (train --shards) checkpoint
 
     def __init__(
         self,
@@ -60,6 +62,10 @@ class UnlearningMethod(UnlearningBase):
 
     def attach(self, classifier: FusionClassifier) -> UnlearningMethod:
         """Use ``classifier`` (already trained) as the model to unlearn from; called once before fitting."""
+        if hasattr(classifier, "members") and not self.accepts_ensemble:
+            raise ValueError(f"--method {type(self).__name__} updates one model's weights, but the checkpoint is a "
+                             "sharded ensemble (train --shards): unlearn it with --method SISA (exact: retrains the "
+                             "shards holding the forget patients)")
         self.classifier = classifier.train()
         self.on_attach()
         return self
