@@ -1,5 +1,5 @@
-"""``python -m medforget <verb>``: synth | train | unlearn | evaluate | demo, and for clinical-notes language models
-train-lm | unlearn-lm | evaluate-lm.
+"""``python -m medforget <verb>``: synth | train | unlearn | tune | evaluate | demo, and for clinical-notes language
+models train-lm | unlearn-lm | evaluate-lm.
 
 ``train``, ``unlearn``, ``train-lm`` and ``unlearn-lm`` are LightningCLIs: every typed ``__init__`` argument of
 the model, the datamodule and the Trainer is a flag and a YAML key (``--config configs/...yaml``,
@@ -39,6 +39,8 @@ VERBS = {
     "synth": "write a synthetic hospital (DICOM images + reports + manifest.csv)",
     "train": "fit a fusion classifier (the original model, or the retrained reference with --data.exclude_patients)",
     "unlearn": "remove the patients of a forget request from a trained checkpoint (--method, --ckpt, --forget)",
+    "tune": "search an unlearning method's lr, epochs and weights with Optuna on validation data only (resumable "
+            "SQLite study under --out; writes best.yaml, a ready unlearn --config)",
     "evaluate": "the audit: original / unlearned / retrained on forget, retain and test patients, membership "
                 "attacks, quantization and relearning attacks, pass/fail (audit.json, audit.md, audit.html)",
     "demo": "synth -> train -> retrain -> unlearn -> evaluate (the audit) on the synthetic hospital, with timings",
@@ -456,13 +458,15 @@ def unlearn_lm(args: list[str] | None = None) -> Path:
 
 
 @releasing_locks
-def unlearn(args: list[str] | None = None) -> Path:
-    """``medforget unlearn``: apply an unlearning method and export ``<out>/model.ckpt``."""
+def unlearn(args: list[str] | None = None, callbacks: list[Any] | None = None) -> Path:
+    """``medforget unlearn``: apply an unlearning method and export ``<out>/model.ckpt``. ``callbacks``: extra
+    Lightning callbacks for in-process callers (``medforget tune`` reports each epoch's validation score)."""
     _quiet_lightning()
+    defaults = {**TRAINER_DEFAULTS, "callbacks": list(callbacks)} if callbacks else TRAINER_DEFAULTS
     cli = UnlearnCLI(
         UnlearningMethod, DicomReportDataModule, subclass_mode_model=True, args=_method_args(args, "FineTune"),
         run=False,
-        seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
+        seed_everything_default=0, trainer_defaults=defaults, save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "medforget unlearn", "description": VERBS["unlearn"]},
     )
     from medforget.evaluation.audit import check_split
@@ -702,7 +706,14 @@ def verify(args: list[str] | None = None) -> list[Any]:
     return checks
 
 
-COMMANDS = {"synth": synth, "train": train, "unlearn": unlearn, "evaluate": evaluate, "demo": demo,
+def tune(args: list[str] | None = None) -> dict[str, Any]:
+    """``medforget tune``: see :mod:`medforget.tune`."""
+    from medforget.tune import tune as run_tune
+
+    return run_tune(args)
+
+
+COMMANDS = {"synth": synth, "train": train, "unlearn": unlearn, "tune": tune, "evaluate": evaluate, "demo": demo,
             "train-lm": train_lm, "unlearn-lm": unlearn_lm, "evaluate-lm": evaluate_lm, "verify": verify}
 
 
