@@ -3,6 +3,7 @@ the original teaches it on everything else."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -159,8 +160,10 @@ class RefDistill(_TeacherStudent):
             raise RuntimeError("RefDistill trains its reference models with the original model's recipe: pass ckpt")
         root = Path(self.reference_dir) if self.reference_dir else Path(self.trainer.default_root_dir) / \
             "reference_models"
-        skip = {"mode", "forget", "exclude_patients", "selection_fraction", "num_workers"}
-        data_kwargs = {k: v for k, v in dict(datamodule.hparams).items() if k not in skip}
+        # the datamodule's own settings (LightningCLI adds private keys such as _instantiator to its hparams)
+        accepted = set(inspect.signature(type(datamodule).__init__).parameters) - {
+            "self", "mode", "forget", "exclude_patients", "selection_fraction", "num_workers"}
+        data_kwargs = {k: v for k, v in dict(datamodule.hparams).items() if k in accepted}
         accelerator = "gpu" if self.device.type == "cuda" else "cpu"
         with torch.random.fork_rng(devices=[]):  # the student's own random stream is unchanged by the references
             paths, _ = train_reference_models(self.source_ckpt, datamodule, data_kwargs, self.num_references, root,

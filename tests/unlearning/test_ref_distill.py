@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -119,3 +120,18 @@ def test_invalid_settings_are_refused():
         RefDistill(forget_weight=0.0)
     with pytest.raises(ValueError, match="temperature"):
         RefDistill(temperature=0.0)
+
+
+def test_ref_distill_through_the_unlearn_verb(trained_ckpt, forget_file, tiny_hospital, tmp_path):
+    from medforget.checkpoint import read_checkpoint
+    from medforget.cli import unlearn
+
+    out = tmp_path / "run"
+    config = Path(__file__).parents[2] / "configs" / "unlearn" / "ref_distill.yaml"
+    path = unlearn([f"--config={config}", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
+                    f"--data.manifest={tiny_hospital}", "--data.image_size=32", "--data.batch_size=16",
+                    "--model.init_args.num_references=2", "--model.init_args.reference_epochs=1",
+                    "--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+                    f"--out={out}"])
+    assert read_checkpoint(path)["medforget"]["provenance"]["method"] == "RefDistill"
+    assert len(list((out / "reference_models").glob("*/model_*.ckpt"))) == 2  # its own, under the run folder
