@@ -154,22 +154,13 @@ class RefDistill(_TeacherStudent):
         return self._train_references(datamodule)
 
     def _train_references(self, datamodule: Any) -> list[Path]:
-        from medforget.evaluation.reference_models import train_reference_models
-
         if self.source_ckpt is None:
             raise RuntimeError("RefDistill trains its reference models with the original model's recipe: pass ckpt")
         root = Path(self.reference_dir) if self.reference_dir else Path(self.trainer.default_root_dir) / \
             "reference_models"
-        # the datamodule's own settings (LightningCLI adds private keys such as _instantiator to its hparams)
-        accepted = set(inspect.signature(type(datamodule).__init__).parameters) - {
-            "self", "mode", "forget", "exclude_patients", "selection_fraction", "num_workers"}
-        data_kwargs = {k: v for k, v in dict(datamodule.hparams).items() if k in accepted}
         accelerator = "gpu" if self.device.type == "cuda" else "cpu"
-        with torch.random.fork_rng(devices=[]):  # the student's own random stream is unchanged by the references
-            paths, _ = train_reference_models(self.source_ckpt, datamodule, data_kwargs, self.num_references, root,
-                                              epochs=self.reference_epochs, seed=self.reference_seed,
-                                              accelerator=accelerator)
-        return list(paths)
+        return train_method_references(self.source_ckpt, datamodule, self.num_references, root,
+                                       self.reference_epochs, self.reference_seed, accelerator)
 
     def _load_reference(self, path: Path) -> Any:
         from medforget.checkpoint import _public_hparams, load_classifier
@@ -246,3 +237,21 @@ def _cached_set(root: Path, forget_rows: set[int], k: int) -> list[Path] | None:
         if all(p.is_file() for p in paths):
             return paths
     return None
+
+
+def train_method_references(original: str | Path, datamodule: Any, k: int, root: str | Path,
+                            epochs: int | None = None, seed: int = 1000, accelerator: str = "cpu") -> list[Path]:
+    """Train (or reuse from ``root``) RefDistill's own K reference models for the forget request of ``datamodule``
+    (unlearn mode, set up): :func:`medforget.evaluation.reference_models.train_reference_models` with the original's
+    recipe, excluding every forget patient, seeded with ``seed``. A benchmark calls it before the unlearning run to
+    time the references apart; the method calls it when it finds none."""
+    from medforget.evaluation.reference_models import train_reference_models
+
+    # the datamodule's own settings (LightningCLI adds private keys such as _instantiator to its hparams)
+    accepted = set(inspect.signature(type(datamodule).__init__).parameters) - {
+        "self", "mode", "forget", "exclude_patients", "selection_fraction", "num_workers"}
+    data_kwargs = {k_: v for k_, v in dict(datamodule.hparams).items() if k_ in accepted}
+    with torch.random.fork_rng(devices=[]):  # the student's own random stream is unchanged by the references
+        paths, _ = train_reference_models(original, datamodule, data_kwargs, k, Path(root), epochs=epochs, seed=seed,
+                                          accelerator=accelerator)
+    return list(paths)
