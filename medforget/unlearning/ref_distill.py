@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from medforget.datamodules import keys
 from medforget.unlearning.common import Frozen, _TeacherStudent, distillation_kl
-from medforget.unlearning.search_space import ChoiceKnob, FloatKnob, default_space
+from medforget.unlearning.search_space import ChoiceKnob, FloatKnob, default_space, init_default
 
 log = logging.getLogger("medforget")
 
@@ -121,7 +121,10 @@ class RefDistill(_TeacherStudent):
 
     @classmethod
     def search_space(cls, init_args: dict[str, Any]) -> dict[str, Any]:
-        return {**default_space(cls, init_args),
+        # its config's rate (1e-3) already suits the small from-scratch classifier: a narrower range than the default
+        # x0.1..x100 (above ~5e-3 the retain distillation no longer holds the retain patients' outputs)
+        lr = float(init_default(cls, "lr", init_args))
+        return {**default_space(cls, init_args), "lr": FloatKnob(lr / 10, lr * 3, log=True),
                 "forget_weight": FloatKnob(0.25, 4.0, log=True),
                 "retain_kl_weight": FloatKnob(0.25, 4.0, log=True),
                 "retain_ce_weight": FloatKnob(0.0, 1.0),

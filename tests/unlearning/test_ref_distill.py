@@ -135,3 +135,9 @@ def test_ref_distill_through_the_unlearn_verb(trained_ckpt, forget_file, tiny_ho
                     f"--out={out}"])
     assert read_checkpoint(path)["medforget"]["provenance"]["method"] == "RefDistill"
     assert len(list((out / "reference_models").glob("*/model_*.ckpt"))) == 2  # its own, under the run folder
+
+
+def test_search_space_covers_the_documented_weights():
+    space = RefDistill.search_space({"lr": 1e-3})
+    assert {"lr", "forget_weight", "retain_kl_weight", "retain_ce_weight", "temperature"} == set(space)
+    assert space["lr"].low == pytest.approx(1e-4) and space["lr"].high == pytest.approx(3e-3) and space["lr"].log
