@@ -1,75 +1,323 @@
-"""Leaderboard of every registered unlearning method on the synthetic hospital (issue 5).
+"""Leaderboard of the unlearning methods against the audit, at realistic request sizes (issue 14).
 
-6% of training patients (drawn per predominant label) forgotten, seeds 0, 1, 2; each method runs from its
-``configs/unlearn/*.yaml`` with its learning rate chosen from a small grid by the validation selection score
-(forget / retain-sample / val patients against the original model; never the test patients, never the retrained
-model). Methods are sorted by their average |gap| to the retrained model over {forget AUC, forget F1, test AUC,
-MIA AUC}; the table also gives the unlearning wall time as a fraction of the retrain's, and the noise floor (a
-second retrain with another seed).
+For every seed: a synthetic hospital (``--patients``, ``--image-size`` px) and one original model. Then
 
-    python benchmarks/leaderboard.py              # every method, 3 seeds, ~1 h on a 2-core laptop
-    python benchmarks/leaderboard.py --quick      # one small setting (a smoke run)
-    python benchmarks/leaderboard.py --methods SalUn SCRUB --seeds 0
+1. **Tuning** (``python -m medforget tune``, the same trial budget ``--trials`` for every method that trains):
+   each method is tuned once per seed on a *tuning request*, 5% of the training patients drawn apart from every
+   audited request, on validation data only (its forget-selection, retain-sample and val patients, against the
+   original). The best settings (``<out>/seed<s>/tune/<method>/best.yaml``) are used for every setting of that seed.
+   Training-free methods run from their ``configs/unlearn/*.yaml`` (not tuned).
+2. **Settings**: nested forget requests of 5% and 1% of the training patients and a single patient (disjoint from
+   the tuning request). For each: ``--retrains`` models retrained without the request with different seeds (the
+   first is the audit's target; the second, audited in the unlearned model's place as the row ``Retrain``, gives
+   the **noise floor**: the same average |gap| between two retrained models), and every method unlearns the original
+   with its tuned config. Requests of fewer than 4 patients set no forget patient aside for checkpoint selection
+   (``--data.selection_fraction 0``), so the audit keeps all of them.
+3. **Audit**: the ``evaluate`` verb with ``--audit.reference_models K`` (LiRA/RMIA and the per-patient test; one
+   reference set per seed, trained without the 5% request and reused by the nested smaller ones): the three-way
+   verdict and the per-patient pass share.
 
-Results go to ``--out`` (default ``benchmarks/runs/leaderboard``): ``results.json`` and ``table.md``.
+Rows of ``leaderboard.json`` (one per method and setting, over seeds): ``avg_gap`` (mean |gap| to the retrained model
+over forget AUC, forget F1, test AUC and the patient-level loss-attack MIA AUC; NaN terms, e.g. a forget AUC of a
+single-class patient, are left out), ``noise_floor`` (the same for the second retrain), ``gap_over_floor``,
+``retain_acc_gap`` (|retain accuracy - the retrained model's|), ``time_ratio`` (unlearning fit time / retraining fit
+time; tuning is reported apart as ``tuning_time_ratio``, RefDistill's own reference models, trained before its
+unlearning runs and reused by every setting of a seed, as ``reference_time_ratio``), ``pass`` / ``inconclusive`` /
+``fail`` (verdict counts over seeds), ``per_patient_pass_share`` (mean over seeds), ``patients`` and ``image_size``.
+
+    python benchmarks/leaderboard.py                  # 1,000 patients, 32 px, 3 settings x 3 seeds, every method
+    python benchmarks/leaderboard.py --accelerator gpu
+    python benchmarks/leaderboard.py --quick          # 120 patients, FineTune + RefDistill, 1 seed, 5%: a smoke run
+    python benchmarks/leaderboard.py --methods RefDistill SCRUB --seeds 0 1 2 --settings 5pct
+
+A rerun with the same ``--out`` reuses every finished model, study and audit. The full run writes
+``benchmarks/results/leaderboard.json`` (``--quick`` writes ``<out>/leaderboard.json`` only), ``<out>/table.md`` and
+``<out>/raw.json`` (every audited model).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
+import statistics
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-import yaml
+import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import multimodal  # noqa: E402
+from multimodal import quiet  # noqa: E402
 
+from medforget.commands import evaluate, train, unlearn  # noqa: E402
+from medforget.commands.base import quiet_lightning as _quiet_lightning  # noqa: E402
+from medforget.commands.tune import tune  # noqa: E402
+from medforget.core.checkpoint import read_checkpoint  # noqa: E402
+from medforget.datamodules.dicom_report import DicomReportDataModule  # noqa: E402
+from medforget.datamodules.splits import write_patient_ids  # noqa: E402
+from medforget.datamodules.synthetic import SyntheticConfig, generate_hospital  # noqa: E402
 from medforget.methods.classifier import get_method, list_methods  # noqa: E402
+from medforget.methods.classifier.ref_distill import train_method_references  # noqa: E402
 
-# lr grids where the default (config lr x 10 and x 50: the configs' lrs are for pretrained-scale models and barely move
-# the small from-scratch classifier of the synthetic hospital) does not fit the method.
-GRIDS: dict[str, list[float]] = {
-    "GradientAscent": [1e-5, 5e-5],
-    "NegGradPlus": [1e-4, 1e-3],
-    "BoundaryShrink": [1e-4, 1e-3],
-    "ForgetMI": [1e-3, 3e-3],
-    "MultiDelete": [5e-4, 2e-3],
-    "SCRUB": [1e-4, 5e-4],
-    # relabelling methods over-forget quickly (a smoke run at 1e-3 pushed forget F1 far below the retrained level)
-    "RandomLabel": [1e-4, 5e-4],
-    "SalUn": [1e-4, 5e-4],
-    "MultiGAN": [1e-4, 5e-4],
-    "UNSIR": [1e-4, 1e-3],
-}
+SETTINGS = {"5pct": 0.05, "1pct": 0.01, "1patient": None}  # largest first: the audit's reference set is reused
+TARGET = ("forget_auc", "forget_f1", "test_auc", "patient_mia_auc")
+RETRAIN_ROW = "Retrain"
+MIN_SELECTION_PATIENTS = 4  # smaller requests set none aside for checkpoint selection
 
 
-def registry_methods() -> dict[str, tuple[str, list[str], list[float | None]]]:
-    """Every registered method -> (its config file, no extra flags, its lr grid; ``[None]`` if training-free)."""
-    configs = {}
-    for path in sorted((multimodal.ROOT / "configs" / "unlearn").glob("*.yaml")):
-        config = yaml.safe_load(path.read_text())
-        configs.setdefault(config["model"]["class_path"].rsplit(".", 1)[-1], (path.name, config))
-    table = {}
-    for name in list_methods():
-        if get_method(name).retrains:  # SISA unlearns sharded ensembles only: benchmarks/sisa.py
+def fit_seconds(path: str | Path) -> float:
+    provenance = read_checkpoint(path)["medforget"]["provenance"]
+    return float(provenance.get("fit_seconds", provenance.get("unlearn_seconds", math.nan)))
+
+
+def config_of(method: str) -> Path | None:
+    """The ``configs/unlearn/*.yaml`` of a registered method."""
+    import yaml
+
+    for path in sorted((ROOT / "configs" / "unlearn").glob("*.yaml")):
+        model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+        if str(model.get("class_path", "")).rsplit(".", 1)[-1] == method:
+            return path
+    return None
+
+
+def requests_for(train_patients: list[str], seed: int) -> tuple[list[str], dict[str, list[str]]]:
+    """The tuning request (5%) and the nested audited requests, disjoint from it, seeded."""
+    order = [str(p) for p in np.random.default_rng(seed).permutation(sorted(train_patients))]
+    n5 = max(2, round(0.05 * len(order)))
+    n1 = max(1, round(0.01 * len(order)))
+    tuning, audited = order[:n5], order[n5:2 * n5]
+    return sorted(tuning), {"5pct": sorted(audited), "1pct": sorted(audited[:n1]), "1patient": [audited[0]]}
+
+
+def model_row(report: dict[str, Any], name: str) -> dict[str, float]:
+    result = report["runs"][0]["models"][name]
+    metrics = result["metrics"]
+    return {
+        "forget_auc": metrics["forget"]["fused"]["auc"],
+        "forget_f1": metrics["forget"]["fused"]["f1"],
+        "test_auc": metrics["test"]["fused"]["auc"],
+        "retain_acc": metrics["retain"]["fused"]["accuracy"],
+        "patient_mia_auc": result["mia"]["LossAttack"]["patient_auc"],
+    }
+
+
+def avg_gap(row: dict[str, float], reference: dict[str, float]) -> float:
+    gaps = [abs(row[k] - reference[k]) for k in TARGET if not (math.isnan(row[k]) or math.isnan(reference[k]))]
+    return statistics.mean(gaps) if gaps else math.nan
+
+
+def _once(path: Path, verb, args: list[str]) -> Path:
+    """``path`` if it exists (a finished step of an earlier run), else ``verb(args)`` (which writes it)."""
+    return path if path.exists() else verb(args)
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    root = args.out / f"seed{seed}"
+    hospital = root / "hospital" / "manifest.csv"
+    if not hospital.exists():
+        hospital = generate_hospital(root / "hospital", SyntheticConfig(
+            num_patients=args.patients, image_size=args.image_size, seed=seed), overwrite=True)
+    data = [f"--data.manifest={hospital}", f"--data.image_size={args.image_size}", f"--data.seed={seed}"]
+    run = [f"--trainer.accelerator={args.accelerator}", "--trainer.enable_progress_bar=false"]
+    print(f"seed {seed}: original model ({args.patients} patients, {args.image_size} px)", flush=True)
+    with quiet(args.quiet):
+        original = _once(root / "original" / "model.ckpt", train,
+                         [*data, *run, f"--trainer.max_epochs={args.epochs}", f"--seed_everything={seed}",
+                          f"--out={root / 'original'}"])
+    dm = DicomReportDataModule(str(hospital), image_size=args.image_size, seed=seed, cache_rate=0.0)
+    dm.setup()
+    tuning, requests = requests_for(list(set(dm.df.loc[dm.indices["train"], "patient_id"].astype(str))), seed)
+    tuning_file = write_patient_ids(tuning, root / "tuning_request.txt")
+
+    def method_flags(method: str) -> list[str]:
+        if method == "RefDistill":  # its own references: K, seed 1000 (not the audit's), cached per seed
+            return [f"--model.init_args.reference_dir={root / 'method_references'}",
+                    f"--model.init_args.num_references={args.method_references}"]
+        return []
+
+    configs: dict[str, dict[str, Any]] = {}
+    for method in args.methods:
+        config = config_of(method)
+        if get_method(method).one_shot:
+            configs[method] = {"config": config, "tuned": False, "tuning_seconds": 0.0}
             continue
-        if name not in configs:
-            raise SystemExit(f"no configs/unlearn/*.yaml for the registered method {name}")
-        file, config = configs[name]
-        if get_method(name).one_shot:
-            grid: list[float | None] = [None]
-        else:
-            lr = float(config["model"].get("init_args", {}).get("lr", 1e-4))
-            grid = GRIDS.get(name, [lr * 10, lr * 50])
-        table[name] = (file, [], grid)
-    return table
+        start = time.perf_counter()
+        with quiet(args.quiet):
+            summary = tune([f"--method={method}", f"--ckpt={original}", f"--forget={tuning_file}", *data, *run,
+                            *method_flags(method), f"--n_trials={args.trials}", f"--sampler_seed={seed}",
+                            f"--out={root / 'tune' / method}"])
+        configs[method] = {"config": Path(summary["best_yaml"]), "tuned": True, "best_params": summary["best_params"],
+                           "validation_score": summary["best_value"],
+                           "tuning_seconds": time.perf_counter() - start}
+        print(f"  tuned {method}: {args.trials} trials, best validation score {summary['best_value']:.4f} "
+              f"{summary['best_params']}", flush=True)
+
+    raw: list[dict[str, Any]] = []
+    for setting in args.settings:
+        request = requests[setting]
+        base = root / setting
+        forget = write_patient_ids(request, base / "forget.txt")
+        selection = 0.25 if len(request) >= MIN_SELECTION_PATIENTS else 0.0
+        retrained = []
+        for r in range(args.retrains):
+            with quiet(args.quiet):
+                retrained.append(_once(base / f"retrained{r}" / "model.ckpt", train, [
+                    *data, *run, f"--trainer.max_epochs={args.epochs}", f"--seed_everything={seed + 1000 * r}",
+                    f"--data.exclude_patients={forget}", f"--out={base / f'retrained{r}'}"]))
+        retrain_s = fit_seconds(retrained[0])
+        unlearned = {RETRAIN_ROW: retrained[1]}
+        if "RefDistill" in args.methods:  # its own references first, so that time_ratio is the unlearning alone
+            request_dm = DicomReportDataModule(str(hospital), mode="unlearn", forget=str(forget),
+                                               image_size=args.image_size, seed=seed, selection_fraction=selection)
+            request_dm.setup("fit")
+            with quiet(args.quiet):
+                train_method_references(original, request_dm, args.method_references, root / "method_references",
+                                        accelerator="gpu" if args.accelerator in ("gpu", "cuda") else "cpu")
+        for method in args.methods:
+            flags = [f"--config={configs[method]['config']}"] if configs[method]["config"] else [f"--method={method}"]
+            with quiet(args.quiet):
+                unlearned[method] = _once(base / method / "model.ckpt", unlearn, [
+                    *flags, f"--ckpt={original}", f"--forget={forget}", *data, *run, *method_flags(method),
+                    f"--data.selection_fraction={selection}", f"--seed_everything={seed}", f"--out={base / method}"])
+        for name, path in unlearned.items():
+            audit_dir = base / "audit" / name
+            if (audit_dir / "audit.json").exists():
+                report = json.loads((audit_dir / "audit.json").read_text())
+            else:
+                with quiet(args.quiet):
+                    report = evaluate([f"--original={original}", f"--unlearned={path}", f"--retrained={retrained[0]}",
+                                       f"--forget={forget}", f"--out={audit_dir}", f"--accelerator={args.accelerator}",
+                                       *data, f"--data.selection_fraction={selection}",
+                                       f"--audit.reference_models={args.audit_references}",
+                                       f"--audit.reference_dir={root / 'audit_references'}", "--audit.plots=false"])
+            per_patient = (report.get("per_patient") or [{}])[0].get("unlearned", {})
+            row = {"seed": seed, "setting": setting, "method": name, "forget_patients": len(request),
+                   "audited_forget_patients": report["data"]["parts"]["forget"]["patients"],
+                   "verdict": report["verdict"], "per_patient_pass_share": per_patient.get("pass_share", math.nan),
+                   "unlearned": model_row(report, "unlearned"), "retrained": model_row(report, "retrained"),
+                   "time_ratio": 1.0 if name == RETRAIN_ROW else fit_seconds(path) / retrain_s,
+                   "tuning_time_ratio": configs.get(name, {}).get("tuning_seconds", 0.0) / retrain_s,
+                   "tuned": configs.get(name, {}).get("tuned", False),
+                   "best_params": configs.get(name, {}).get("best_params")}
+            if name == "RefDistill":
+                row["reference_time_ratio"] = sum(fit_seconds(p) for p in (root / "method_references").glob(
+                    "*/model_*.ckpt")) / retrain_s
+            row["avg_gap"] = avg_gap(row["unlearned"], row["retrained"])
+            row["retain_acc_gap"] = abs(row["unlearned"]["retain_acc"] - row["retrained"]["retain_acc"])
+            raw.append(row)
+            print(f"  {setting:<9} {name:<16} avg|gap| {row['avg_gap']:.3f}  verdict {row['verdict']:<12} "
+                  f"per-patient pass {row['per_patient_pass_share']:.2f}  time/retrain {row['time_ratio']:.3f}",
+                  flush=True)
+    return raw
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    return multimodal.main(argv, methods=registry_methods(), fractions=(0.06,), sort_by_gap=True, doc=__doc__,
-                           out=multimodal.ROOT / "benchmarks" / "runs" / "leaderboard",
-                           script="benchmarks/leaderboard.py")
+def _nanmean(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.mean(values) if values else math.nan
+
+
+def leaderboard(raw: list[dict[str, Any]], patients: int, image_size: int) -> list[dict[str, Any]]:
+    """One row per (method, setting) over seeds; ``noise_floor`` is the Retrain row's average gap (same seeds)."""
+    rows = []
+    for setting in SETTINGS:
+        at = [r for r in raw if r["setting"] == setting]
+        floors = {r["seed"]: r["avg_gap"] for r in at if r["method"] == RETRAIN_ROW}
+        for method in dict.fromkeys(r["method"] for r in at):
+            mine = [r for r in at if r["method"] == method]
+            gap, floor = _nanmean([r["avg_gap"] for r in mine]), _nanmean([floors.get(r["seed"]) for r in mine])
+            verdicts = [r["verdict"].lower() for r in mine]
+            row = {"method": method, "setting": setting, "avg_gap": gap, "noise_floor": floor,
+                   "gap_over_floor": gap / floor if floor and not math.isnan(floor) else math.nan,
+                   "retain_acc_gap": _nanmean([r["retain_acc_gap"] for r in mine]),
+                   "time_ratio": _nanmean([r["time_ratio"] for r in mine]),
+                   "pass": verdicts.count("pass"), "inconclusive": verdicts.count("inconclusive"),
+                   "fail": verdicts.count("fail"),
+                   "per_patient_pass_share": _nanmean([r["per_patient_pass_share"] for r in mine]),
+                   "patients": patients, "image_size": image_size, "seeds": sorted(r["seed"] for r in mine),
+                   "tuning_time_ratio": _nanmean([r["tuning_time_ratio"] for r in mine]),
+                   "forget_patients": _nanmean([r["forget_patients"] for r in mine])}
+            if any("reference_time_ratio" in r for r in mine):
+                row["reference_time_ratio"] = _nanmean([r.get("reference_time_ratio") for r in mine])
+            rows.append(row)
+    return sorted(rows, key=lambda r: (list(SETTINGS).index(r["setting"]),
+                                       math.inf if math.isnan(r["avg_gap"]) else r["avg_gap"]))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| setting | method | avg \\|gap\\| | floor | gap/floor | retain acc gap | time/retrain | pass | inc. | "
+             "fail | per-patient pass |", "|---" * 11 + "|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['method']} | {r['avg_gap']:.3f} | {r['noise_floor']:.3f} | "
+                     f"{r['gap_over_floor']:.2f} | {r['retain_acc_gap']:.3f} | {r['time_ratio']:.3f} | {r['pass']} | "
+                     f"{r['inconclusive']} | {r['fail']} | {r['per_patient_pass_share']:.2f} |")
+    return "\n".join(lines)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patients", type=int, default=1000)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=25, help="training epochs of the original and retrained models")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    parser.add_argument("--trials", type=int, default=10, help="tuning trials per method and seed (fixed budget)")
+    parser.add_argument("--retrains", type=int, default=2, help="retrained models per seed and setting (>= 2)")
+    parser.add_argument("--audit-references", type=int, default=4, help="the audit's K reference models")
+    parser.add_argument("--method-references", type=int, default=4, help="RefDistill's own K reference models")
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--quick", action="store_true",
+                        help="120 patients, 8 epochs, FineTune + RefDistill, seed 0, 5%% only, 2 trials, K=2")
+    parser.add_argument("--verbose", dest="quiet", action="store_false", help="show Lightning's output")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default benchmarks/runs/leaderboard)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="leaderboard JSON (default benchmarks/results/leaderboard.json; --quick: <out>/)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.patients, args.epochs, args.seeds, args.settings = 120, 8, [0], ["5pct"]
+        args.methods = args.methods or ["FineTune", "RefDistill"]
+        args.trials, args.audit_references, args.method_references = 2, 2, 2
+    args.methods = args.methods or list_methods()
+    for method in args.methods:
+        get_method(method)
+    if args.retrains < 2:
+        parser.error("--retrains must be >= 2 (the noise floor is the gap between two retrained models)")
+    args.out = args.out or ROOT / "benchmarks" / "runs" / ("leaderboard_quick" if args.quick else "leaderboard")
+    results = args.results or (args.out / "leaderboard.json" if args.quick
+                               else ROOT / "benchmarks" / "results" / "leaderboard.json")
+    _quiet_lightning()
+    os.environ.setdefault("MEDFORGET_CACHE", str(args.out / "cache"))
+    start = time.perf_counter()
+    raw: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        raw += run_seed(args, seed)
+        _write(args.out / "raw.json", json.dumps(raw, indent=1, default=str))
+    rows = leaderboard(raw, args.patients, args.image_size)
+    seconds = time.perf_counter() - start
+    command = "python benchmarks/leaderboard.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = (f"Command: `{command.strip()}`  \nWall time {seconds:.0f} s; {args.patients} patients, "
+              f"{args.image_size}x{args.image_size} px, {args.epochs} training epochs, seeds {args.seeds}, "
+              f"{args.retrains} retrains per seed, {args.trials} tuning trials per method, audit K="
+              f"{args.audit_references}, accelerator {args.accelerator}.")
+    _write(results, json.dumps(rows, indent=1, default=str) + "\n")
+    _write(args.out / "table.md", header + "\n\n" + table(rows) + "\n")
+    print("\n" + header + "\n\n" + table(rows) + f"\n\nwrote {results}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

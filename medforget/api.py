@@ -336,6 +336,57 @@ def evaluate_lm(
     return commands.evaluate_lm(argv)
 
 
+def tune(
+    ckpt: str | Path,
+    forget: str | Path,
+    method: str | None = None,
+    out: str | Path = "runs/tune",
+    *,
+    n_trials: int = 20,
+    objective: str | None = None,
+    sampler_seed: int = 0,
+    pruner: str = "median",
+    manifest: str | Path | None = None,
+    data: Mapping[str, Any] | None = None,
+    trainer: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    accelerator: str | None = None,
+    config: Paths | None = None,
+    extra_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Search an unlearning method's settings with Optuna on validation data only (``medforget tune``).
+
+    Args:
+        ckpt: The trained checkpoint (never modified).
+        forget: The forget request.
+        method: A registered method (``None``: the config's).
+        out: Run folder: ``tune.db`` (the resumable study), ``trials/``, ``best.yaml``, ``trials.csv``.
+        n_trials: Trials the study should have (a rerun adds only the missing ones).
+        objective: Validation score to minimise (default ``val/selection_score``; never a test-split score).
+        sampler_seed: Seed of the TPE sampler.
+        pruner: ``median`` or ``none``.
+        manifest: The manifest the checkpoint was trained on.
+        data: ``--data.*``.
+        trainer: ``--trainer.*``.
+        seed: ``--seed_everything`` of every trial.
+        accelerator: ``--trainer.accelerator``.
+        config: The method's YAML config (e.g. ``configs/unlearn/scrub.yaml``).
+        extra_args: Further flags passed to every trial's ``unlearn``.
+
+    Returns:
+        The best parameters, value and output paths.
+    """
+    argv = [*([f"--method={method}"] if method is not None else []),
+            *([f"--config={config}"] if isinstance(config, (str, Path)) else []),
+            f"--out={out}", f"--n_trials={n_trials}", f"--sampler_seed={sampler_seed}", f"--pruner={pruner}",
+            *([f"--objective={objective}"] if objective is not None else []),
+            f"--ckpt={ckpt}", f"--forget={forget}", *([f"--data.manifest={manifest}"] if manifest is not None else []),
+            *flags("data", data), *flags("trainer", trainer),
+            *([f"--seed_everything={seed}"] if seed is not None else []),
+            *([f"--trainer.accelerator={accelerator}"] if accelerator is not None else []), *extra_args]
+    return commands.tune(argv)
+
+
 def synth(out: str | Path = "data/hospital", *, overwrite: bool = False, **settings: Any) -> Path:
     """Write a synthetic hospital (``medforget synth``); ``settings`` are
     :class:`~medforget.datamodules.synthetic.SyntheticConfig` fields (``num_patients=300``, ``image_size=64``,

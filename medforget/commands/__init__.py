@@ -15,10 +15,11 @@ from medforget.commands.base import VERBS
 from medforget.commands.classifier import evaluate, train, unlearn
 from medforget.commands.lm import evaluate_lm, train_lm, unlearn_lm
 from medforget.commands.tools import synth, verify
+from medforget.commands.tune import tune
 
 #: verb -> function of its argv (``demo`` is added by :mod:`medforget.cli`, above the API it runs on)
-COMMANDS = {"synth": synth, "train": train, "unlearn": unlearn, "evaluate": evaluate, "train-lm": train_lm,
-            "unlearn-lm": unlearn_lm, "evaluate-lm": evaluate_lm, "verify": verify}
+COMMANDS = {"synth": synth, "train": train, "unlearn": unlearn, "tune": tune, "evaluate": evaluate,
+            "train-lm": train_lm, "unlearn-lm": unlearn_lm, "evaluate-lm": evaluate_lm, "verify": verify}
 
-__all__ = ["COMMANDS", "VERBS", "evaluate", "evaluate_lm", "synth", "train", "train_lm", "unlearn", "unlearn_lm",
-           "verify"]
+__all__ = ["COMMANDS", "VERBS", "evaluate", "evaluate_lm", "synth", "train", "train_lm", "tune", "unlearn",
+           "unlearn_lm", "verify"]

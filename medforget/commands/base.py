@@ -27,6 +27,8 @@ VERBS = {
     "synth": "write a synthetic hospital (DICOM images + reports + manifest.csv)",
     "train": "fit a fusion classifier (the original model, or the retrained reference with --data.exclude_patients)",
     "unlearn": "remove the patients of a forget request from a trained checkpoint (--method, --ckpt, --forget)",
+    "tune": "search an unlearning method's lr, epochs and weights with Optuna on validation data only (resumable "
+            "SQLite study under --out; writes best.yaml, a ready unlearn --config)",
     "evaluate": "the audit: original / unlearned / retrained on forget, retain and test patients, membership "
                 "attacks, quantization and relearning attacks, pass/fail (audit.json, audit.md, audit.html)",
     "demo": "synth -> train -> retrain -> unlearn -> evaluate (the audit) on the synthetic hospital, with timings",

@@ -94,13 +94,15 @@ def train(args: list[str] | None = None) -> Path:
 
 
 @releasing_locks
-def unlearn(args: list[str] | None = None) -> Path:
-    """``medforget unlearn``: apply an unlearning method and export ``<out>/model.ckpt``."""
+def unlearn(args: list[str] | None = None, callbacks: list[Any] | None = None) -> Path:
+    """``medforget unlearn``: apply an unlearning method and export ``<out>/model.ckpt``. ``callbacks``: extra
+    Lightning callbacks for in-process callers (``medforget tune`` reports each epoch's validation score)."""
     quiet_lightning()
+    defaults = {**TRAINER_DEFAULTS, "callbacks": list(callbacks)} if callbacks else TRAINER_DEFAULTS
     cli = UnlearnCLI(
         UnlearningMethod, DicomReportDataModule, subclass_mode_model=True,
         args=method_args(args, "FineTune", UnlearningMethod.registry), run=False,
-        seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
+        seed_everything_default=0, trainer_defaults=defaults, save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "medforget unlearn", "description": VERBS["unlearn"]},
     )
     from medforget.audit.classifier.measure import check_split

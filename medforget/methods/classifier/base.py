@@ -60,6 +60,15 @@ class UnlearningMethod(UnlearningBase):
 
             self.attach(load_classifier(ckpt))
 
+    @classmethod
+    def search_space(cls, init_args: dict[str, Any]) -> dict[str, Any]:
+        """The knobs ``python -m medforget tune`` searches: ``__init__`` argument -> knob
+        (:mod:`medforget.methods.classifier.search_space`). ``init_args`` are the values of the method's config (the
+        ranges are centred on them). Default: the learning rate; methods extend it with their own documented weights."""
+        from medforget.methods.classifier.search_space import default_space
+
+        return default_space(cls, init_args)
+
     def attach(self, classifier: FusionClassifier) -> UnlearningMethod:
         """Use ``classifier`` (already trained) as the model to unlearn from; called once before fitting."""
         if hasattr(classifier, "members") and not self.accepts_ensemble:

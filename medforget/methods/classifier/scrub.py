@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,13 @@ class SCRUB(TeacherStudent):
         self.msteps, self.temperature = int(msteps), float(temperature)
         self.gamma, self.alpha = float(gamma), float(alpha)
         self.max_forget_kl, self.max_grad_norm = float(max_forget_kl), max_grad_norm
+
+    @classmethod
+    def search_space(cls, init_args: dict[str, Any]) -> dict[str, Any]:
+        from medforget.methods.classifier.search_space import FloatKnob, default_space
+
+        return {**default_space(cls, init_args), "alpha": FloatKnob(0.1, 2.0, log=True),
+                "gamma": FloatKnob(0.1, 2.0, log=True), "temperature": FloatKnob(1.0, 4.0)}
 
     def max_step_loss(self, forget: dict) -> tuple[torch.Tensor, torch.Tensor]:
         kl = distillation_kl(self(forget)["fused"], self.teacher(forget)["fused"], self.temperature)

@@ -28,7 +28,10 @@ def test_registry_lists_the_spine_methods():
 
 # SSD selects weights with I_f > alpha * I_D, and I_f / I_D is at most (#batches of D) / (#batches of D_f): about 3
 # on the tiny hospital, so its default alpha=10 (meant for real datasets) would select nothing there.
-TINY_DATA_KWARGS = {"SSD": {"alpha": 1.5}}
+# RefDistill trains its own 2 one-epoch reference models (into the trainer's default_root_dir) when given none;
+# ForgetMI also runs with its retain distillation term.
+TINY_DATA_KWARGS = {"SSD": {"alpha": 1.5}, "RefDistill": {"num_references": 2, "reference_epochs": 1},
+                    "ForgetMI": {"retain_kl": 0.5}}
 
 
 def make_method(name: str, ckpt, **kwargs) -> UnlearningMethod:
@@ -46,7 +49,7 @@ GRADIENT_METHODS = [m for m in list_methods() if not get_method(m).retrains]
 @pytest.mark.parametrize("modalities", ["both", "image"])
 @pytest.mark.parametrize("name", GRADIENT_METHODS)
 def test_method_runs_and_changes_weights(name, modalities, trained_ckpt, trained_image_ckpt, forget_file,
-                                         tiny_datamodule_kwargs):
+                                         tiny_datamodule_kwargs, tmp_path):
     trained_ckpt = trained_ckpt if modalities == "both" else trained_image_ckpt
     before_file = _sha(trained_ckpt)
     method = make_method(name, trained_ckpt, lr=1e-3, **TINY_DATA_KWARGS.get(name, {}))
@@ -60,6 +63,7 @@ def test_method_runs_and_changes_weights(name, modalities, trained_ckpt, trained
             seen.append(float(outputs["loss"]))
 
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        default_root_dir=str(tmp_path),
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()])
     trainer.fit(method, datamodule=dm)
     if method.one_shot:  # training-free: the weights are edited once, no training step runs

@@ -1,0 +1,104 @@
+"""``medforget tune``: an Optuna study on validation data only, resumable from its SQLite file."""
+
+from __future__ import annotations
+
+import csv
+
+import optuna
+import pytest
+import yaml
+
+from medforget.cli import main
+from medforget.commands import unlearn
+from medforget.commands.tune import check_objective, tune
+from medforget.core.checkpoint import read_checkpoint
+from medforget.methods.classifier import get_method
+from medforget.methods.classifier.search_space import FloatKnob
+from medforget.methods.classifier.selection import SCORE
+
+
+def _flags(trained_ckpt, forget_file, tiny_hospital) -> list[str]:
+    return ["--method=FineTune", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
+            f"--data.manifest={tiny_hospital}", "--data.image_size=32", "--data.batch_size=16",
+            "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--max_epochs_high=2"]
+
+
+def test_tune_runs_resumes_and_writes_a_usable_config(trained_ckpt, forget_file, tiny_hospital, tmp_path):
+    out = tmp_path / "tune"
+    flags = _flags(trained_ckpt, forget_file, tiny_hospital)
+    first = tune([*flags, "--n_trials=2", f"--out={out}"])
+    assert first["trials"] == 2 and first["method"] == "FineTune"
+    storage = f"sqlite:///{out / 'tune.db'}"
+    study = optuna.load_study(study_name="medforget-tune", storage=storage)
+    assert len(study.trials) == 2
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # every value is the best validation selection score of its run, the one its exported checkpoint records
+    for trial in study.trials:
+        selection = read_checkpoint(f"{trial.user_attrs['run_dir']}/model.ckpt")["medforget"]["provenance"]
+        assert selection["selection"]["monitor"] == SCORE
+        assert trial.value == pytest.approx(selection["selection"]["score"], rel=1e-5)
+        assert selection["selection_split"]["patients"] > 0
+        assert trial.intermediate_values  # reported once per unlearning epoch (for the pruner)
+    first_params = [t.params for t in study.trials]
+    mtimes = {t.number: (out / "trials" / f"{t.number:04d}" / "model.ckpt").stat().st_mtime for t in study.trials}
+
+    # rerun with a larger budget: the two finished trials are kept, only the third runs
+    second = tune([*flags, "--n_trials=3", f"--out={out}"])
+    study = optuna.load_study(study_name="medforget-tune", storage=storage)
+    assert second["trials"] == 3 and len(study.trials) == 3
+    assert [t.params for t in study.trials[:2]] == first_params
+    for number, mtime in mtimes.items():
+        assert (out / "trials" / f"{number:04d}" / "model.ckpt").stat().st_mtime == mtime, "a finished trial reran"
+    # the same budget again: nothing runs
+    assert tune([*flags, "--n_trials=3", f"--out={out}"])["trials"] == 3
+
+    with open(out / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["number"]) for r in rows] == [0, 1, 2]
+    assert {"params_lr", "params_max_epochs", "value"} <= set(rows[0])
+
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["model"]["class_path"].endswith(".FineTune")
+    assert best["model"]["init_args"]["lr"] == pytest.approx(study.best_params["lr"])
+    assert best["trainer"]["max_epochs"] == study.best_params["max_epochs"]
+    path = unlearn([f"--config={out / 'best.yaml'}", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
+                    f"--data.manifest={tiny_hospital}", "--data.image_size=32", "--data.batch_size=16",
+                    "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", f"--out={tmp_path / 'u'}"])
+    hparams = read_checkpoint(path)["medforget"]["provenance"]["method_hparams"]
+    assert hparams["lr"] == pytest.approx(study.best_params["lr"])
+
+
+@pytest.mark.parametrize("objective", ["test/auc", "val/test_auc", "retrained_gap"])
+def test_tune_refuses_an_objective_outside_validation(objective, trained_ckpt, forget_file, tiny_hospital,
+                                                      tmp_path):
+    with pytest.raises(ValueError, match="--objective") as err:
+        tune([*_flags(trained_ckpt, forget_file, tiny_hospital), f"--objective={objective}",
+              f"--out={tmp_path / 't'}"])
+    if "test" in objective:
+        assert "test split" in str(err.value)
+    assert not (tmp_path / "t" / "tune.db").exists()  # refused before any study or trial
+
+
+def test_tune_refuses_a_config_monitoring_the_test_split(tmp_path, trained_ckpt, forget_file, tiny_hospital):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"model": {"class_path": "medforget.methods.classifier.FineTune"},
+                                      "checkpoint": {"monitor": "test/auc"}}))
+    with pytest.raises(ValueError, match="checkpoint.monitor.*test split"):
+        tune([f"--config={config}", f"--ckpt={trained_ckpt}", f"--forget={forget_file}", f"--out={tmp_path / 't'}"])
+
+
+def test_tune_verb_exits_with_one_line_naming_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["tune", "--method=FineTune", "--objective=test/auc", f"--out={tmp_path}"])
+    assert "--objective" in str(exc.value) and "test split" in str(exc.value)
+
+
+def test_check_objective_accepts_the_validation_scores():
+    assert check_objective(SCORE) == SCORE
+    assert check_objective("val/gap_forget_auc") == "val/gap_forget_auc"
+
+
+def test_search_space_is_centred_on_the_config():
+    space = get_method("FineTune").search_space({"lr": 1e-3})
+    assert space["lr"] == FloatKnob(1e-4, 1e-1, log=True)
+    assert "lr" not in get_method("SSD").search_space({})  # training-free, no learning rate

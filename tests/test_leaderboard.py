@@ -1,0 +1,83 @@
+"""benchmarks/leaderboard.py: the leaderboard rows (hand-computed aggregation) and its ``--quick`` run."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {"method", "setting", "avg_gap", "noise_floor", "gap_over_floor", "retain_acc_gap", "time_ratio", "pass",
+        "inconclusive", "fail", "per_patient_pass_share", "patients", "image_size"}
+
+
+def load_leaderboard():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("leaderboard", ROOT / "benchmarks" / "leaderboard.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["leaderboard"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+leaderboard = load_leaderboard()
+
+
+def _model(forget_auc, forget_f1, test_auc, mia, retain_acc=1.0):
+    return {"forget_auc": forget_auc, "forget_f1": forget_f1, "test_auc": test_auc, "patient_mia_auc": mia,
+            "retain_acc": retain_acc}
+
+
+def _raw(seed, method, unlearned, retrained, verdict, share, time_ratio=0.05):
+    row = {"seed": seed, "setting": "5pct", "method": method, "forget_patients": 6, "verdict": verdict,
+           "per_patient_pass_share": share, "unlearned": unlearned, "retrained": retrained,
+           "time_ratio": time_ratio, "tuning_time_ratio": 0.5}
+    row["avg_gap"] = leaderboard.avg_gap(unlearned, retrained)
+    row["retain_acc_gap"] = abs(unlearned["retain_acc"] - retrained["retain_acc"])
+    return row
+
+
+def test_rows_are_hand_computed():
+    target = _model(0.6, 0.5, 0.8, 0.5)
+    raw = [
+        _raw(0, "Retrain", _model(0.62, 0.5, 0.8, 0.52), target, "PASS", 1.0, 1.0),   # floor 0.01
+        _raw(1, "Retrain", _model(0.6, 0.54, 0.8, 0.5), target, "PASS", 1.0, 1.0),    # floor 0.01
+        _raw(0, "X", _model(0.7, 0.5, 0.76, 0.5, 0.9), target, "FAIL", 0.5),           # gap (0.1 + 0.04) / 4
+        _raw(1, "X", _model(math.nan, 0.5, 0.8, 0.56, 0.8), target, "inconclusive", 0.75),  # NaN left out: 0.06 / 3
+    ]
+    rows = {r["method"]: r for r in leaderboard.leaderboard(raw, patients=120, image_size=32)}
+    x = rows["X"]
+    assert KEYS <= set(x)
+    assert x["avg_gap"] == pytest.approx((0.035 + 0.02) / 2)
+    assert x["noise_floor"] == pytest.approx(0.01)
+    assert x["gap_over_floor"] == pytest.approx(2.75)
+    assert x["retain_acc_gap"] == pytest.approx(0.15)
+    assert (x["pass"], x["inconclusive"], x["fail"]) == (0, 1, 1)
+    assert x["per_patient_pass_share"] == pytest.approx(0.625)
+    assert (x["patients"], x["image_size"], x["setting"]) == (120, 32, "5pct")
+    assert rows["Retrain"]["gap_over_floor"] == pytest.approx(1.0)
+    assert [r["method"] for r in leaderboard.leaderboard(raw, 120, 32)] == ["Retrain", "X"]  # sorted by gap
+
+
+def test_requests_are_nested_and_apart_from_the_tuning_request():
+    patients = [f"p{i:03d}" for i in range(200)]
+    tuning, requests = leaderboard.requests_for(patients, seed=3)
+    assert len(tuning) == 10 and len(requests["5pct"]) == 10 and len(requests["1pct"]) == 2
+    assert len(requests["1patient"]) == 1
+    assert set(requests["1patient"]) <= set(requests["1pct"]) <= set(requests["5pct"])
+    assert not set(tuning) & set(requests["5pct"])  # tuning never sees an audited patient
+
+
+@pytest.mark.skipif(not os.environ.get("MEDFORGET_BENCHMARK_TESTS"),
+                    reason="the --quick leaderboard takes minutes on 2 cores; set MEDFORGET_BENCHMARK_TESTS=1")
+def test_quick_leaderboard(tmp_path):
+    rows = leaderboard.main(["--quick", f"--out={tmp_path}"])
+    assert {r["method"] for r in rows} == {"FineTune", "RefDistill", "Retrain"}
+    for row in rows:
+        assert KEYS <= set(row) and row["setting"] == "5pct" and row["patients"] == 120
+        assert row["pass"] + row["inconclusive"] + row["fail"] == 1
+    assert (tmp_path / "leaderboard.json").exists() and (tmp_path / "table.md").exists()
