@@ -373,3 +373,26 @@ def test_criterion_value_never_prints_a_failing_value_equal_to_its_tolerance():
     assert criterion_value(0.9, 0.9) == "0.900"
     assert criterion_value(0.267, 0.05) == "0.267"
     assert criterion_value(float("nan"), 0.05) == "n/a"
+
+
+def test_quantization_recovery_is_relative_to_the_retrained_models_own():
+    """A copy of the retrained model recovers nothing, even when quantization moves its forget accuracy (a noisy int4
+    on a few patients): the gap is 0 exactly and the criterion passes. A model whose quantized copy regains the
+    original's forget predictions beyond that is caught."""
+    art = _artifacts(3, same=True, original_gap=0.0)
+    y = art.labels["forget"]
+    art.logits["original"]["forget"] = 5.0 * np.eye(4)[y]  # the original knows every forget study
+    noisy = art.logits["retrained"]["forget"].copy()
+    noisy[:10] = 5.0 * np.eye(4)[(y[:10] + 1) % 4]  # quantization flips 10 forget predictions (to wrong labels)
+    art.quantized = {"retrained": {"int4": noisy}, "unlearned": {"int4": noisy.copy()},
+                     "original": {"int4": art.logits["original"]["forget"].copy()}}
+    crit = {c["criterion"]: c for c in evaluate_criteria([art], Tolerances(), 2000)}["quantization/int4"]
+    assert crit["estimate"] == 0.0 and crit["verdict"] == "pass", crit
+    # the unlearned model's quantized copy returns to the original's predictions: recovery 1 -> FAIL
+    art.quantized["unlearned"]["int4"] = art.logits["original"]["forget"].copy()
+    crit = {c["criterion"]: c for c in evaluate_criteria([art], Tolerances(), 2000)}["quantization/int4"]
+    u = (art.logits["unlearned"]["forget"].argmax(1) == y).mean()
+    r_q = (noisy.argmax(1) == y).mean()
+    expected = (1.0 - u - (r_q - u)) / (1.0 - u)  # ((q(u) - u) - (q(r) - r)) / (o - u), u = r
+    assert crit["estimate"] == pytest.approx(expected)
+    assert crit["verdict"] == "fail", crit
