@@ -127,7 +127,7 @@ def test_ref_distill_through_the_unlearn_verb(trained_ckpt, forget_file, tiny_ho
     from medforget.core.checkpoint import read_checkpoint
 
     out = tmp_path / "run"
-    config = Path(__file__).parents[2] / "configs" / "unlearn" / "ref_distill.yaml"
+    config = Path(__file__).resolve().parents[3] / "configs" / "unlearn" / "ref_distill.yaml"
     path = unlearn([f"--config={config}", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
                     f"--data.manifest={tiny_hospital}", "--data.image_size=32", "--data.batch_size=16",
                     "--model.init_args.num_references=2", "--model.init_args.reference_epochs=1",
