@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medforget.datamodules.synthetic import write_report
+from medforget.datamodules.synthetic_reports import write_report
 from medforget.methods.classifier._perturbation import (
     DEFAULT_KEYWORDS,
     DEFAULT_REPLACEMENTS,
