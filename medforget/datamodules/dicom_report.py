@@ -21,7 +21,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from medforget.core.console import interactive
 from medforget.datamodules import keys
-from medforget.datamodules.dicom import DicomError
+from medforget.datamodules.image_cache import (
+    MAX_LISTED,
+    ImageErrorProbe,
+    ImageSubset,
+    UnreadableImagesError,
+    file_state_hash,
+)
 from medforget.datamodules.manifest import load_manifest, manifest_hash
 from medforget.datamodules.sampling import (
     MAX_EVAL_PATIENTS,
@@ -37,91 +43,9 @@ from medforget.datamodules.transforms import image_transforms
 
 Mode = Literal["train", "unlearn", "evaluate"]
 RETAIN_SAMPLE_MIN = 8  # patients in the retain sample scored for checkpoint selection (at least)
-MAX_LISTED = 50  # unreadable images named in an error message or log line (all are in the exception / attribute)
 PROBE_BATCH = 64
 PROGRESS_MIN_ITEMS = 200  # MONAI's caching progress bar for more images than this (on a terminal only)
 log = logging.getLogger(__name__)
-
-
-class UnreadableImagesError(DicomError):
-    """Images of the manifest cannot be read (``on_bad_image="fail"``); ``problems`` names every file and why.
-
-    Args:
-        problems: ``{image path: message}``; each message names the file and the failing element.
-        total: Number of images checked.
-    """
-
-    def __init__(self, problems: dict[str, str], total: int) -> None:
-        self.paths = list(problems)
-        self.problems = list(problems.values())
-        shown = self.problems[:MAX_LISTED]
-        more = f"\n  ... and {len(self.problems) - MAX_LISTED} more" if len(self.problems) > MAX_LISTED else ""
-        super().__init__(
-            f"{len(self.problems)} of {total} image(s) cannot be read (data.on_bad_image='skip' leaves them out):\n  "
-            + "\n  ".join(shown) + more
-        )
-
-
-def _file_state_hash(item: dict) -> bytes:
-    """Disk-cache key of an item: the item and its image file's size and modification time, so that a repaired or
-    replaced DICOM file is decoded again instead of being served stale from ``cache_dir``."""
-    try:
-        stat = os.stat(str(item[keys.IMAGE]))
-        state: tuple[int, int] | None = (stat.st_size, stat.st_mtime_ns)
-    except OSError:
-        state = None
-    return pickle_hashing({**item, "_image_file_state": state})
-
-
-def _image_error(err: BaseException, path: object) -> str:
-    """The message of the :class:`DicomError` behind ``err`` (MONAI wraps transform errors), else a generic one."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, DicomError):
-            return str(seen)
-        seen = seen.__cause__ or seen.__context__
-    return f"{path}: cannot be loaded ({type(err).__name__}: {' '.join(str(err).split())[:300]})"
-
-
-class _ImageErrorProbe(Dataset):
-    """``None`` or the error message of each item of a MONAI dataset, decoding only what is not cached yet."""
-
-    def __init__(self, dataset: Dataset, items: Sequence[dict]) -> None:
-        self.dataset = dataset
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def _cached_on_disk(self, i: int) -> bool:
-        ds = self.dataset
-        if not isinstance(ds, PersistentDataset) or ds.cache_dir is None:
-            return False
-        name = ds.hash_func(self.items[i]).decode("utf-8") + ds.transform_hash
-        return (Path(ds.cache_dir) / f"{name}.pt").is_file()  # only successfully decoded items are written
-
-    def __getitem__(self, i: int) -> str | None:
-        if self._cached_on_disk(i):
-            return None
-        try:
-            item = self.dataset[i]
-        except Exception as err:  # any failure of one file is reported, by file
-            return _image_error(err, self.items[i][keys.IMAGE])
-        return item.get(keys.IMAGE_ERROR)
-
-
-class _ImageSubset(Subset):
-    """A :class:`~torch.utils.data.Subset` that raises the :class:`DicomError` of an unreadable image (an item that
-    ``image_transforms(on_error="mark")`` marked), naming the file, instead of collating a blank image."""
-
-    def __getitem__(self, idx: Any) -> Any:
-        item = super().__getitem__(idx)
-        if isinstance(item, dict) and keys.IMAGE_ERROR in item:
-            raise DicomError(item[keys.IMAGE_ERROR])
-        return item
-
-    def __getitems__(self, indices: list[int]) -> list:
-        return [self[i] for i in indices]
 
 
 def default_synthetic_manifest() -> Path:
@@ -334,7 +258,7 @@ class DicomReportDataModule(L.LightningDataModule):
             # hash_transform: the cache key covers image_size/multiframe/channels (no stale images after a change);
             # the item hash covers the file's size and mtime. Errors are raised, so only readable images are written.
             dataset: Dataset = PersistentDataset(items, transform, cache_dir=self.cache_dir,
-                                                 hash_func=_file_state_hash, hash_transform=pickle_hashing)
+                                                 hash_func=file_state_hash, hash_transform=pickle_hashing)
         else:  # unreadable images are cached as marked items (a crash would abort the whole cache fill)
             transform = image_transforms(self.image_size, self.multiframe, on_error="mark", channels=self.channels)
             # MONAI's "Loading dataset" bar only on a terminal: in a log file it is hundreds of carriage returns
@@ -416,7 +340,7 @@ class DicomReportDataModule(L.LightningDataModule):
     def _unreadable_images(self, dataset: Dataset, items: list[dict]) -> dict[int, str]:
         """``{position: message}`` of the items whose image cannot be read. Cached images are not decoded again;
         the others are decoded here (with ``num_workers`` processes), which fills a ``cache_dir``."""
-        probe = _ImageErrorProbe(dataset, items)
+        probe = ImageErrorProbe(dataset, items)
         decodes = self.cache_dir is not None or self.cache_rate < 1.0
         loader = DataLoader(probe, batch_size=PROBE_BATCH, shuffle=False, collate_fn=list,
                             num_workers=self.num_workers if decodes else 0)
@@ -440,7 +364,7 @@ class DicomReportDataModule(L.LightningDataModule):
             self.setup()
         if name not in self.indices:
             raise KeyError(f"no {name!r} part in mode {self.mode!r} (forget request given: {self.forget is not None})")
-        return _ImageSubset(self._dataset, [self._position[int(r)] for r in self.indices[name]])
+        return ImageSubset(self._dataset, [self._position[int(r)] for r in self.indices[name]])
 
     def rows_dataset(self, rows: Sequence[int] | np.ndarray) -> Dataset:
         """The decoded studies of manifest ``rows``: this datamodule's cached items when it holds them all, else a
@@ -449,7 +373,7 @@ class DicomReportDataModule(L.LightningDataModule):
         if self.df is None:
             self.setup()
         if self._dataset is not None and all(int(r) in self._position for r in rows):
-            return _ImageSubset(self._dataset, [self._position[int(r)] for r in rows])
+            return ImageSubset(self._dataset, [self._position[int(r)] for r in rows])
         df = self.df
         items = [{keys.IMAGE: df.at[r, "image_path"], keys.REPORT: df.at[r, "report"],
                   keys.LABEL: int(df.at[r, "label"]), keys.PATIENT_ID: df.at[r, "patient_id"],
