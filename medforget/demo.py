@@ -21,10 +21,10 @@ def run_demo(
     num_patients: int = 300,
     image_size: int = 64,
     forget_fraction: float = 0.05,
-    epochs: int = 25,
+    epochs: int = 12,
     method: str = "FineTune",
-    unlearn_epochs: int = 3,
-    unlearn_lr: float = 5e-3,
+    unlearn_epochs: int = 4,
+    unlearn_lr: float = 6.4e-4,
     seed: int = 0,
     accelerator: str = "auto",
 ) -> dict[str, Any]:
@@ -36,11 +36,13 @@ def run_demo(
         num_patients: Patients in the synthetic hospital.
         image_size: Image side in pixels.
         forget_fraction: Fraction of training patients in the forget request.
-        epochs: Training epochs of the original and the retrained model (same recipe).
+        epochs: Training epochs of the original and the retrained model (same recipe; the one-cycle schedule
+            converges in 12: test AUC 0.89, every training patient memorised).
         method: Registered unlearning method.
-        unlearn_epochs: Unlearning epochs.
-        unlearn_lr: Unlearning learning rate (FineTune needs a large one to move a model that has memorised its
-            training set; at the literature's 1e-4 it barely changes).
+        unlearn_epochs: Unlearning epochs (the best epoch on validation data is exported).
+        unlearn_lr: Unlearning learning rate. The defaults (lr 6.4e-4, 4 epochs) are what ``medforget tune`` chose
+            for FineTune (8 trials, validation score only) on seed 0's hospital with a tuning request of other
+            training patients than the demo's request; at 5e-3 the unlearned model lost 0.09 test AUC.
         seed: Seed of the data, the split, the forget request and training.
         accelerator: Lightning accelerator (``auto`` uses a GPU when there is one).
     """
