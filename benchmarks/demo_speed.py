@@ -39,14 +39,17 @@ def run_demo(tree: Path, out: Path, seed: int) -> dict:
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     info = json.loads((out / "demo.json").read_text())
+    table = out / "table.txt"
     return {"stage_seconds": info["stage_seconds"], "total_s": sum(info["stage_seconds"].values()), "wall_s": wall,
-            "verdict": info["verdict"]}
+            "verdict": info["verdict"], "table": table.read_text() if table.is_file() else None}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", default=BASELINE, help="git commit of the baseline")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--also", nargs="*", default=[], help="further commits to run in each round (e.g. an "
+                        "intermediate one, to show that a refactoring left the demo's table unchanged)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "demo_speed.json")
     args = parser.parse_args(argv)
@@ -54,12 +57,14 @@ def main(argv: list[str] | None = None) -> dict:
                             check=True).stdout.strip()
     rounds = []
     with tempfile.TemporaryDirectory(prefix="medforget-demo-speed-") as tmp:
-        baseline = Path(tmp) / "baseline"
-        subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=ROOT, check=True,
-                       capture_output=True)
+        trees = {}
+        for name, ref in (("baseline", args.baseline), *((c, c) for c in args.also)):
+            trees[name] = Path(tmp) / f"tree-{name}"
+            subprocess.run(["git", "worktree", "add", "--detach", str(trees[name]), ref], cwd=ROOT, check=True,
+                           capture_output=True)
         try:
             for r in range(args.rounds):
-                order = [("baseline", baseline), ("this", ROOT)]
+                order = [*trees.items(), ("this", ROOT)]
                 if r % 2:
                     order.reverse()
                 result = {}
@@ -70,10 +75,13 @@ def main(argv: list[str] | None = None) -> dict:
                           flush=True)
                 rounds.append(result)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, check=False,
-                           capture_output=True)
-    total = {name: sum(r[name]["total_s"] for r in rounds) for name in ("baseline", "this")}
-    results = {"baseline_commit": args.baseline, "commit": commit, "seed": args.seed, "rounds": rounds,
+            for tree in trees.values():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False,
+                               capture_output=True)
+    total = {name: sum(r[name]["total_s"] for r in rounds) for name in rounds[0]}
+    same_table = {name: all(r[name]["table"] == r["baseline"]["table"] for r in rounds) for name in rounds[0]}
+    results = {"baseline_commit": args.baseline, "commit": commit, "also": args.also, "seed": args.seed,
+               "rounds": rounds, "same_table_as_baseline": same_table, "totals_s": total,
                "baseline_total_s": total["baseline"], "total_s": total["this"],
                "ratio": total["this"] / total["baseline"], "target_ratio": 0.60,
                "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/demo_speed.py"}
