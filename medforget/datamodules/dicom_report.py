@@ -34,7 +34,7 @@ from medforget.datamodules.sampling import (
     POOL_FACTOR,
     EpochSubsetSampler,
     default_retain_per_epoch,
-    default_selection_val_patients,
+    default_selection_val_studies,
     patient_pool,
     patient_sample,
 )
@@ -115,12 +115,14 @@ class DicomReportDataModule(L.LightningDataModule):
         retain_per_epoch: Retain studies per ``unlearn``-mode epoch (``bounded``); default
             ``max(8 x forget studies, 256)``.
         retain_pool: Retain studies decoded and cached in ``unlearn`` mode (``bounded``): whole patients in a seeded
-            order until the pool holds this many; default ``4 x retain_per_epoch``. Methods that estimate statistics
+            order until the pool holds this many; default ``2 x retain_per_epoch``. Methods that estimate statistics
             over the retain set (Fisher information, SSD's importances, SalUn's saliency) estimate them on the pool.
         max_eval_patients: Patients per part (retain, val, test) that the audit scores (``bounded``); seeded samples,
             drawn by patient. ``None``: all.
-        selection_val_patients: Val patients scored after every ``unlearn``-mode epoch for checkpoint selection
-            (``bounded``; seeded); default ``max(4 x forget patients, 64)``, at most ``max_eval_patients``.
+        selection_val_studies: Val studies scored after every ``unlearn``-mode epoch for checkpoint selection
+            (``bounded``; whole patients in a seeded order until this many); default ``max(4 x forget studies,
+            128)``. With these defaults every bound is set by the forget request: an unlearning run reads about the
+            same in a hospital of 300 patients as in one of 3,000.
     """
 
     def __init__(
@@ -148,7 +150,7 @@ class DicomReportDataModule(L.LightningDataModule):
         retain_per_epoch: int | None = None,
         retain_pool: int | None = None,
         max_eval_patients: int | None = MAX_EVAL_PATIENTS,
-        selection_val_patients: int | None = None,
+        selection_val_studies: int | None = None,
     ) -> None:
         super().__init__()
         if mode == "unlearn" and forget is None:
@@ -187,14 +189,14 @@ class DicomReportDataModule(L.LightningDataModule):
         self.selection_fraction = selection_fraction
         for flag, value in (("retain_per_epoch", retain_per_epoch), ("retain_pool", retain_pool),
                             ("max_eval_patients", max_eval_patients),
-                            ("selection_val_patients", selection_val_patients)):
+                            ("selection_val_studies", selection_val_studies)):
             if value is not None and value < 1:
                 raise ValueError(f"--data.{flag} must be >= 1 (or null for the default), got {value}")
         self.bounded = bool(bounded)
         self.retain_per_epoch = retain_per_epoch
         self.retain_pool = retain_pool
         self.max_eval_patients = max_eval_patients
-        self.selection_val_patients = selection_val_patients
+        self.selection_val_studies = selection_val_studies
         self.population: dict[str, np.ndarray] = {}
         self._epoch_retain: int | None = None
         self.skipped_images: list[str] = []
@@ -298,10 +300,8 @@ class DicomReportDataModule(L.LightningDataModule):
             self._epoch_retain = self.retain_per_epoch or default_retain_per_epoch(len(idx["forget"]))
             pool = self.retain_pool or POOL_FACTOR * self._epoch_retain
             idx["retain"] = patient_pool(patients, idx["retain"], pool, self.seed, "unlearn:retain-pool")
-            n_val = self.selection_val_patients or default_selection_val_patients(patients.loc[idx["forget"]].nunique())
-            if self.max_eval_patients is not None:
-                n_val = min(n_val, self.max_eval_patients)
-            idx["val"] = patient_sample(patients, idx["val"], n_val, self.seed, "unlearn:val")
+            n_val = self.selection_val_studies or default_selection_val_studies(len(idx["forget"]))
+            idx["val"] = patient_pool(patients, idx["val"], n_val, self.seed, "unlearn:val")
         elif self.mode == "evaluate":
             for part in ("retain", "val", "test") if "forget" in idx else ("train", "val", "test"):
                 idx[part] = patient_sample(patients, idx[part], self.max_eval_patients, self.seed, f"audit:{part}")
@@ -323,7 +323,7 @@ class DicomReportDataModule(L.LightningDataModule):
             out["max_eval_patients"] = self.max_eval_patients
             if self.mode == "unlearn":
                 out["retain_per_epoch"] = self._epoch_retain
-                out["selection_val_patients"] = int(self.df.loc[self.indices["val"], "patient_id"].nunique())
+                out["selection_val_studies"] = len(self.indices["val"])
         return out
 
     def _check_parts(self, manifest: Path, idx: dict[str, np.ndarray], after_skipping: bool = False) -> None:

@@ -19,10 +19,10 @@ from torch.utils.data import Sampler
 
 RETAIN_PER_FORGET = 8  # default retain studies per unlearning epoch: this many per forget study ...
 RETAIN_PER_EPOCH_MIN = 256  # ... and at least this many
-POOL_FACTOR = 4  # default retain pool: this many epochs' worth of retain studies
+POOL_FACTOR = 2  # default retain pool: this many epochs' worth of retain studies
 MAX_EVAL_PATIENTS = 256  # default patients per part scored by the audit
-SELECTION_VAL_PER_FORGET = 4  # default val patients scored per unlearning epoch: this many per forget patient ...
-SELECTION_VAL_MIN = 64  # ... and at least this many
+SELECTION_VAL_PER_FORGET = 4  # default val studies scored per unlearning epoch: this many per forget study ...
+SELECTION_VAL_MIN = 128  # ... and at least this many
 
 
 def _rng(seed: int, tag: str) -> np.random.Generator:
@@ -35,9 +35,10 @@ def default_retain_per_epoch(forget_studies: int) -> int:
     return max(RETAIN_PER_FORGET * int(forget_studies), RETAIN_PER_EPOCH_MIN)
 
 
-def default_selection_val_patients(forget_patients: int) -> int:
-    """``max(4 x forget patients, 64)``: val patients scored for checkpoint selection when not configured."""
-    return max(SELECTION_VAL_PER_FORGET * int(forget_patients), SELECTION_VAL_MIN)
+def default_selection_val_studies(forget_studies: int) -> int:
+    """``max(4 x forget studies, 128)``: val studies (whole patients) scored for checkpoint selection when not
+    configured."""
+    return max(SELECTION_VAL_PER_FORGET * int(forget_studies), SELECTION_VAL_MIN)
 
 
 def patient_sample(patients: pd.Series, rows: np.ndarray, max_patients: int | None, seed: int, tag: str) -> np.ndarray:

@@ -13,12 +13,12 @@ from medforget.datamodules.dicom_report import DicomReportDataModule
 from medforget.datamodules.sampling import (
     EpochSubsetSampler,
     default_retain_per_epoch,
-    default_selection_val_patients,
+    default_selection_val_studies,
     patient_pool,
     patient_sample,
 )
 
-BOUNDS = {"retain_pool": 12, "retain_per_epoch": 6, "selection_val_patients": 2}
+BOUNDS = {"retain_pool": 12, "retain_per_epoch": 6, "selection_val_studies": 3}
 
 
 def _patients(dm: DicomReportDataModule, rows) -> set[str]:
@@ -58,8 +58,8 @@ def test_patient_sample_keeps_at_most_max_patients():
 def test_default_bounds():
     assert default_retain_per_epoch(1) == 256
     assert default_retain_per_epoch(100) == 800
-    assert default_selection_val_patients(3) == 64
-    assert default_selection_val_patients(50) == 200
+    assert default_selection_val_studies(3) == 128
+    assert default_selection_val_studies(50) == 200
 
 
 def test_epoch_subset_sampler_is_seeded_and_refreshed_per_epoch():
@@ -93,7 +93,7 @@ def test_unlearn_mode_decodes_only_forget_retain_pool_and_val_sample(tiny_datamo
     everything = np.concatenate([dm.population["forget"], dm.population["retain"], dm.population["val"]])
     assert len(allowed_paths) < len(set(everything))
     assert _patients(dm, dm.indices["forget"]) == set(forget_file.read_text().split())  # every forget patient
-    assert dm.df.loc[dm.indices["val"], "patient_id"].nunique() == 2
+    assert 3 <= len(dm.indices["val"]) < len(dm.population["val"])  # whole val patients until 3 studies
     assert BOUNDS["retain_pool"] <= len(dm.indices["retain"]) < len(dm.population["retain"])
     assert _patients(dm, dm.indices[keys.RETAIN_SAMPLE]) <= _patients(dm, dm.indices["retain"])
     # an epoch serves retain_per_epoch retain studies, all from the pool
