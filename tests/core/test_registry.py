@@ -49,20 +49,22 @@ def test_import_submodules_skips_private_modules(tmp_path, monkeypatch):
     assert import_submodules("plugins", [str(package)]) == ["public"]
 
 
-def test_the_three_registries_hold_the_same_names_as_before():
+def test_the_three_registries_keep_every_name_registered_before():
     from medforget.audit.classifier.mia import MembershipAttack
     from medforget.methods.classifier import UnlearningMethod
     from medforget.methods.lm import LMUnlearningMethod
 
-    assert UnlearningMethod.registry.names() == [
-        "BadTeacher", "BoundaryShrink", "FineTune", "FisherForgetting", "ForgetMI", "ForgettingLayers",
-        "GradientAscent", "L1Sparse", "MultiDelete", "MultiGAN", "NegGradPlus", "RandomLabel", "SCRUB", "SSD",
-        "SalUn", "UNSIR"]
-    assert LMUnlearningMethod.registry.names() == ["FLAT", "GRIN", "GradAscent", "GradDiff", "IdkDPO", "NPO", "RMU",
-                                                   "SURE", "SimNPO"]
-    assert MembershipAttack.registry.names() == [
-        "ConfidenceAttack", "EntropyAttack", "LiRAAttack", "LogisticRegressionAttack", "LossAttack",
-        "ModifiedEntropyAttack", "RMIAAttack", "SVCAttack"]
+    # every name registered before the redesign is still there (configs and audit files name them); new methods
+    # may join without touching this file
+    assert {"BadTeacher", "BoundaryShrink", "FineTune", "FisherForgetting", "ForgetMI", "ForgettingLayers",
+            "GradientAscent", "L1Sparse", "MultiDelete", "MultiGAN", "NegGradPlus", "RandomLabel", "SCRUB", "SSD",
+            "SalUn", "UNSIR"} <= set(UnlearningMethod.registry.names())
+    assert {"FLAT", "GRIN", "GradAscent", "GradDiff", "IdkDPO", "NPO", "RMU", "SURE",
+            "SimNPO"} <= set(LMUnlearningMethod.registry.names())
+    assert {"ConfidenceAttack", "EntropyAttack", "LiRAAttack", "LogisticRegressionAttack", "LossAttack",
+            "ModifiedEntropyAttack", "RMIAAttack", "SVCAttack"} <= set(MembershipAttack.registry.names())
+    for registry in (UnlearningMethod.registry, LMUnlearningMethod.registry, MembershipAttack.registry):
+        assert registry.names() == sorted(registry.names())  # listed in a stable (sorted) order
 
 
 @pytest.mark.parametrize("argv, expected", [
