@@ -7,8 +7,9 @@
 Writes ``benchmarks/results/faults.json`` (``--out``): per campaign ``trials``, ``clear_error`` (refused with an
 error that names the file, row, column or lock), ``ok`` (worked: decoded, accepted, resumed, ...), ``crash`` (any
 other exception, a hang past the timeout, a dead worker), ``lost`` (work or inputs lost: a run that cannot be
-resumed, a changed input file), ``partial`` (a partial ``model.ckpt`` / audit file, or a temporary file left behind),
-and up to ``MAX_EXAMPLES`` examples of each bad outcome. Targets: crash = lost = partial = 0.
+resumed, a changed input file), ``partial`` (a partial ``model.ckpt`` / audit file, or a temporary file left behind;
+for the kills: once the next run in the folder is done, which removes a killed writer's temporary file), and up to
+``MAX_EXAMPLES`` examples of each bad outcome. Targets: crash = lost = partial = 0.
 
 Campaigns, on a tiny synthetic hospital:
 
@@ -559,8 +560,10 @@ def model_difference(a: Path, b: Path) -> float:
     return worst / max(scale, 1e-12)
 
 
-def exported_state(out: Path) -> tuple[bool, str]:
-    """Is ``out/model.ckpt`` (if present) complete: loadable and equal to its sidecar? Any temporary file left?"""
+def exported_state(out: Path, count_leftovers: bool = True) -> tuple[bool, str]:
+    """Is ``out/model.ckpt`` (if present) complete: loadable and equal to its sidecar? Any temporary file left
+    (``count_leftovers``; right after a SIGKILL during an atomic write its temporary file necessarily remains, and the
+    next run in the folder removes it)?"""
     from medforget.core.checkpoint import CheckpointError, read_sidecar, sha256_file
     from medforget.systems.classifier import load_classifier
 
@@ -574,7 +577,7 @@ def exported_state(out: Path) -> tuple[bool, str]:
         side = read_sidecar(ckpt) if ckpt.is_file() else None
         if side is not None and side != sha256_file(ckpt):
             problems.append("model.ckpt does not match its sidecar")
-    left = [p for p in leftovers(out) if not p.startswith("checkpoints")]
+    left = [p for p in leftovers(out) if not p.startswith("checkpoints")] if count_leftovers else []
     if left:
         problems.append(f"temporary files left: {left}")
     return not problems, "; ".join(problems)
@@ -642,7 +645,7 @@ def campaign_kills(work: Path, setup: KillSetup, trials: int, seed: int, how: st
         time.sleep(at)
         kill(proc)
         code = wait(proc, 60)
-        complete, problem = exported_state(out)
+        complete, problem = exported_state(out, count_leftovers=False)  # the resumed run must remove them (below)
         resumed = (out / "checkpoints" / "last.ckpt").exists()
         resumed_from_last += resumed
         log = work / f"resume_{i:03d}.log"

@@ -54,6 +54,29 @@ def test_stale_lock_of_a_dead_pid_is_taken_over_with_a_warning(tmp_path, caplog)
     assert f"taking over the stale lock {tmp_path / LOCK_NAME}" in caplog.text and f"pid {pid}" in caplog.text
 
 
+def test_taking_over_a_stale_lock_removes_the_dead_runs_temporary_files(tmp_path, caplog):
+    """A run killed during an atomic write leaves ``.<name>.<random>.tmp``; the next run in the folder removes it and
+    nothing else (a live run's folder is never swept: its lock is refused first)."""
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead_pid(), "host": "h", "verb": "train", "started": "t"}))
+    left = tmp_path / ".model.ckpt.k2j4x9.tmp"
+    left.write_bytes(b"half a checkpoint")
+    (tmp_path / "audit").mkdir()
+    nested = tmp_path / "audit" / ".audit.json.abc.tmp"
+    nested.write_text("{")
+    kept = [tmp_path / "model.ckpt", tmp_path / "notes.tmp", tmp_path / ".hidden"]
+    for path in kept:
+        path.write_text("mine")
+    with caplog.at_level(logging.WARNING, logger="medforget"), RunLock(tmp_path, "train"):
+        assert not left.exists() and not nested.exists()
+    assert all(path.read_text() == "mine" for path in kept)
+    assert f"removed {left}" in caplog.text
+    # a lock released cleanly is not stale: nothing is swept
+    fresh = tmp_path / ".model.ckpt.zz.tmp"
+    fresh.write_text("x")
+    with RunLock(tmp_path, "train"):
+        assert fresh.exists()
+
+
 def test_train_into_a_locked_out_is_refused_at_once(tiny_hospital, tmp_path, capsys):
     out = tmp_path / "run"
     args = [f"--data.manifest={tiny_hospital}", *TINY_DATA, *TINY_MODEL, "--trainer.fast_dev_run=true",

@@ -83,6 +83,12 @@ class RunLock:
         if previous:
             log.warning("taking over the stale lock %s left by %s, which is no longer running", self.path,
                         _describe(_owner(previous)))
+            # a run killed during an atomic write leaves its temporary file (.<name>.<random>.tmp) beside the target;
+            # the writer is dead and this run now owns the folder, so nothing else can be writing it
+            for stale in sorted(self.out.rglob(".*.tmp")):
+                if stale.is_file():
+                    stale.unlink(missing_ok=True)
+                    log.warning("removed %s, the temporary file of an interrupted write", stale)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "verb": self.verb,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.ftruncate(fd, 0)
