@@ -12,6 +12,7 @@ counted ones only), test AUC of the three models and the stage seconds.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -43,9 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
             "stage_seconds": report["stage_seconds"],
         })
         print(f"seed {seed}: {report['verdict'].upper()}", flush=True)
-    from medforget.demo import run_demo as demo_fn
-
-    defaults = {k: v.default for k, v in __import__("inspect").signature(demo_fn).parameters.items()}
+    defaults = {k: v.default for k, v in inspect.signature(run_demo).parameters.items()}
     result = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/demo_seeds.py", "demo": defaults,
               "seeds": rows, "none_fail": all(r["verdict"] != "fail" for r in rows)}
     write_json(result, args.results)

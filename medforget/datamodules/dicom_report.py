@@ -48,6 +48,21 @@ PROGRESS_MIN_ITEMS = 200  # MONAI's caching progress bar for more images than th
 log = logging.getLogger(__name__)
 
 
+def _items(df: pd.DataFrame, rows: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
+    """The dataset items (image path, report, label, identifiers, manifest row) of manifest ``rows``."""
+    return [
+        {
+            keys.IMAGE: df.at[r, "image_path"],
+            keys.REPORT: df.at[r, "report"],
+            keys.LABEL: int(df.at[r, "label"]),
+            keys.PATIENT_ID: df.at[r, "patient_id"],
+            keys.STUDY_ID: df.at[r, "study_id"],
+            keys.INDEX: int(r),
+        }
+        for r in rows
+    ]
+
+
 def default_synthetic_manifest() -> Path:
     """The embedded default: a synthetic hospital generated once under ``$MEDFORGET_CACHE`` (``~/.cache/medforget``)."""
     from dataclasses import asdict
@@ -244,17 +259,7 @@ class DicomReportDataModule(L.LightningDataModule):
             "evaluate": ("forget", "retain", "val", "test") if "forget" in idx else ("train", "val", "test"),
         }[self.mode]
         rows = np.unique(np.concatenate([idx[k] for k in needed if k in idx]))
-        items = [
-            {
-                keys.IMAGE: df.at[r, "image_path"],
-                keys.REPORT: df.at[r, "report"],
-                keys.LABEL: int(df.at[r, "label"]),
-                keys.PATIENT_ID: df.at[r, "patient_id"],
-                keys.STUDY_ID: df.at[r, "study_id"],
-                keys.INDEX: int(r),
-            }
-            for r in rows
-        ]
+        items = _items(df, rows)
         transform = image_transforms(self.image_size, self.multiframe, channels=self.channels)
         if self.cache_dir is not None:
             # hash_transform: the cache key covers image_size/multiframe/channels (no stale images after a change);
@@ -374,12 +379,8 @@ class DicomReportDataModule(L.LightningDataModule):
             self.setup()
         if self._dataset is not None and all(int(r) in self._position for r in rows):
             return ImageSubset(self._dataset, [self._position[int(r)] for r in rows])
-        df = self.df
-        items = [{keys.IMAGE: df.at[r, "image_path"], keys.REPORT: df.at[r, "report"],
-                  keys.LABEL: int(df.at[r, "label"]), keys.PATIENT_ID: df.at[r, "patient_id"],
-                  keys.STUDY_ID: df.at[r, "study_id"], keys.INDEX: int(r)} for r in rows]
         transform = image_transforms(self.image_size, self.multiframe, channels=self.channels)
-        return CacheDataset(items, transform, cache_rate=1.0, num_workers=None, progress=False)
+        return CacheDataset(_items(self.df, rows), transform, cache_rate=1.0, num_workers=None, progress=False)
 
     def provenance(self) -> dict[str, Any]:
         """The data facts a checkpoint records: the manifest and its SHA-256, the split and image settings, and the
