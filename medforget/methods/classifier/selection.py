@@ -16,8 +16,13 @@ proxy gap              value                                                stan
 ``forget_f1``          ``|F1(forget sel.) - F1_ref(val)|``                  forget F1 gap
 ``val_auc``            ``|AUC(val) - AUC_ref(val)|``                        test AUC gap
 ``retain_auc``         ``|AUC(retain sample) - AUC_ref(retain sample)|``    retain AUC gap
+``retain_acc``         ``|acc(retain sample) - acc_ref(retain sample)|``    retain fidelity
 ``mia``                ``|MIA-AUC(forget sel. vs val) - 0.5|`` (loss)       MIA AUC gap
 =====================  ===================================================  =====================
+
+``retain_acc`` is there because a retrained model still memorises the patients it trained on: an unlearned model that
+lost that memorisation (retain accuracy 0.8 where the original had 1.0) is itself detectable, while its retain AUC
+(a ranking) barely moves.
 
 ``selection_score`` is their mean (lower is better); the unlearn CLI keeps the epoch with the lowest score
 (Lightning ``ModelCheckpoint(monitor="val/selection_score", mode="min")``) and exports it.
@@ -35,7 +40,7 @@ from medforget.audit.utility import classification_metrics
 from medforget.datamodules import keys
 
 SCORE = "val/selection_score"
-GAP_NAMES = ("forget_auc", "forget_f1", "val_auc", "retain_auc", "mia")
+GAP_NAMES = ("forget_auc", "forget_f1", "val_auc", "retain_auc", "retain_acc", "mia")
 
 
 def part_metrics(outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
@@ -62,6 +67,7 @@ def proxy_gaps(metrics: dict[str, float], reference: dict[str, float]) -> dict[s
         "forget_f1": abs(metrics.get("forget_f1", nan) - reference["val_f1"]),
         "val_auc": abs(metrics["val_auc"] - reference["val_auc"]),
         "retain_auc": abs(metrics["retain_auc"] - reference["retain_auc"]),
+        "retain_acc": abs(metrics.get("retain_accuracy", nan) - reference.get("retain_accuracy", nan)),
         "mia": abs(metrics.get("mia", nan) - 0.5),
     }
     finite = [g for g in gaps.values() if not math.isnan(g)]

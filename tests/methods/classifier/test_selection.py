@@ -62,12 +62,13 @@ def test_part_metrics_and_proxy_gaps_match_hand_computation():
     assert metrics["mia"] == pytest.approx(
         roc_auc_score(members, -np.r_[loss[keys.FORGET_SELECTION], loss[keys.VAL]]), abs=1e-6)
 
-    reference = {"val_auc": 0.8, "val_f1": 0.6, "retain_auc": 1.0}
+    reference = {"val_auc": 0.8, "val_f1": 0.6, "retain_auc": 1.0, "retain_accuracy": 1.0}
     gaps = selection.proxy_gaps(metrics, reference)
     assert gaps["forget_auc"] == pytest.approx(abs(metrics["forget_auc"] - 0.8))
     assert gaps["forget_f1"] == pytest.approx(abs(metrics["forget_f1"] - 0.6))
     assert gaps["val_auc"] == pytest.approx(abs(metrics["val_auc"] - 0.8))
     assert gaps["retain_auc"] == pytest.approx(abs(metrics["retain_auc"] - 1.0))
+    assert gaps["retain_acc"] == pytest.approx(abs(metrics["retain_accuracy"] - 1.0))
     assert gaps["mia"] == pytest.approx(abs(metrics["mia"] - 0.5))
     assert gaps["score"] == pytest.approx(np.mean([gaps[k] for k in selection.GAP_NAMES]))
     # an undefined metric (single-class forget set: AUC is NaN) is left out of the mean, not propagated
@@ -76,7 +77,7 @@ def test_part_metrics_and_proxy_gaps_match_hand_computation():
     # no forget patient set aside (selection_fraction 0): the score rests on the retain sample and val only
     without = {k: v for k, v in metrics.items() if not k.startswith("forget") and k != "mia"}
     gaps = selection.proxy_gaps(without, reference)
-    assert gaps["score"] == pytest.approx(np.mean([gaps["val_auc"], gaps["retain_auc"]]))
+    assert gaps["score"] == pytest.approx(np.mean([gaps["val_auc"], gaps["retain_auc"], gaps["retain_acc"]]))
 
 
 def test_selection_patients_are_seeded_and_leave_enough_to_audit():
