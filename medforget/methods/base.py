@@ -12,11 +12,14 @@ supply the model, the batches and the losses; this class owns what every method 
   zeroed outside them and decoupled weight decay applied here, to the updatable entries only);
 - **the optimizer's parameters**: the trainable parameters of the model being unlearned (:meth:`unlearned_module`);
 - **checkpoint hooks**: ``prepared`` and the masks are saved in Lightning checkpoints under :attr:`checkpoint_key`,
-  so a resumed run continues exactly.
+  so a resumed run continues exactly;
+- **arguments**: the rule every method's ``__init__`` follows (see :class:`UnlearningBase`), and
+  :func:`init_parameters`, the arguments a method takes once its bases' are included.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import lightning as L
@@ -26,7 +29,26 @@ from medforget.core.registry import Registry
 
 
 class UnlearningBase(L.LightningModule):
-    """The shared LightningModule of every unlearning method (see the module docstring)."""
+    """The shared LightningModule of every unlearning method (see the module docstring).
+
+    **A method declares only its own arguments.** Its typed, documented ``__init__`` is its config schema
+    (LightningCLI lists it under ``model.init_args``). It takes its own arguments and forwards its base's through
+    ``**kwargs`` with ``super().__init__(**kwargs)``: jsonargparse follows that call (by reading the source) and lists
+    the base's arguments after the method's own, and ``save_hyperparameters`` records both. Its docstring's ``Args:``
+    lists its own arguments and ends with a ``**kwargs:`` line naming the base arguments it forwards.
+
+    - A method whose default for a base argument differs from the base's (SCRUB's ``lr=5e-4``, the classifier base's
+      is ``1e-4``) declares that argument with its own default, documents it, and forwards it by keyword
+      (``super().__init__(lr=lr, **kwargs)``). A base argument is never re-declared with the base's default.
+    - A method that takes no optimizer settings (the training-free SSD and FisherForgetting, and SISA, which
+      retrains) narrows its base's arguments instead: its ``__init__`` declares ``ckpt`` next to its own arguments,
+      has no ``**kwargs`` and passes ``ckpt`` alone, so ``--print_config`` offers no learning rate that would be
+      ignored (and a Lightning checkpoint, whose hyperparameters also hold the base's defaults when the method was
+      built in Python, rebuilds it with the arguments it takes).
+
+    :func:`init_parameters` gives the resulting arguments of a method; ``tests/methods/test_arguments.py`` checks the
+    rule and that ``--print_config`` and the saved hyperparameters still hold every argument.
+    """
 
     registry: ClassVar[Registry[Any]]  # declared by each task base
     restricts_updates: ClassVar[bool] = False  # True: only the True entries of ``update_masks`` ever change
@@ -87,3 +109,23 @@ class UnlearningBase(L.LightningModule):
         state = checkpoint.get(self.checkpoint_key, {})
         self.prepared = bool(state.get("prepared", False))
         self.update_masks = dict(state.get("update_masks", {}))
+
+
+def init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The arguments a method takes, by name, in the order LightningCLI lists them: those of ``cls.__init__``, then
+    those of each base ``__init__`` it forwards ``**kwargs`` to (along the MRO, until an ``__init__`` without
+    ``**kwargs``); a name a subclass declares keeps the subclass's default. ``self``, ``*args`` and ``**kwargs``
+    themselves are left out."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        forwards = False
+        for p in inspect.signature(vars(klass)["__init__"]).parameters.values():
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                forwards = True
+            elif p.kind is not inspect.Parameter.VAR_POSITIONAL and p.name != "self":
+                params.setdefault(p.name, p)
+        if not forwards:
+            break
+    return params

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import medforget.methods.lm  # noqa: F401  (registers the methods)
+from medforget.methods.base import init_parameters
 from medforget.methods.lm._losses import dpo_loss, npo_loss, simnpo_loss
 from medforget.methods.lm._saliency import top_fraction_mask
 from medforget.methods.lm.base import LMUnlearningMethod
@@ -93,8 +94,12 @@ def test_method_unlearns_without_touching_the_checkpoint(name, kwargs, tiny_lm_c
 @pytest.mark.parametrize("name", sorted(LMUnlearningMethod.registry))
 def test_every_argument_is_a_typed_flag_and_a_saved_hyperparameter(name):
     cls = LMUnlearningMethod.registry[name]
-    params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
-    hints = typing.get_type_hints(cls.__init__)
+    params = list(init_parameters(cls).values())  # its own and its base's (forwarded through **kwargs)
+    assert BASE_ARGS - {"self"} <= {p.name for p in params}
+    hints = {}  # the type hints of every __init__ the arguments come from
+    for klass in cls.__mro__:
+        if issubclass(klass, LMUnlearningMethod) and "__init__" in vars(klass):
+            hints = {**typing.get_type_hints(vars(klass)["__init__"]), **hints}
     assert all(p.name in hints and p.default is not inspect.Parameter.empty for p in params)
     method = cls()  # no ckpt: nothing loaded
     assert {p.name for p in params} <= set(method.hparams)
@@ -111,8 +116,8 @@ def test_unlearn_lm_cli_exports_the_unlearned_model(name, tiny_lm_ckpt, tmp_path
                          "--trainer.enable_progress_bar=false"])
     model = load_lm(target)
     assert model.provenance["method"] == name and model.provenance["kind"] == "unlearned"
-    own = set(inspect.signature(LMUnlearningMethod.registry[name].__init__).parameters) - {"self"}
-    assert own <= set(model.provenance["method_hparams"])
+    every = set(init_parameters(LMUnlearningMethod.registry[name]))  # its own and its base's (through **kwargs)
+    assert BASE_ARGS - {"self"} <= every <= set(model.provenance["method_hparams"])
     original = load_lm(tiny_lm_ckpt)
     assert any(not torch.equal(a, b) for a, b in zip(original.state_dict().values(), model.state_dict().values(),
                                                      strict=True))

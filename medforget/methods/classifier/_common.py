@@ -192,7 +192,12 @@ def _gradient_statistic(method: UnlearningMethod, parts: Sequence[str], labels: 
 # --- one-shot (training-free) methods ----------------------------------------------------------------------------
 class OneShot(UnlearningMethod, register=False):
     """Base of methods that edit the weights once (SSD, FisherForgetting) instead of training: :meth:`edit` runs at
-    the start of fitting, then the fit stops before the first step. Not registered (the name starts with ``_``)."""
+    the start of fitting, then the fit stops before the first step. Not registered (``register=False``).
+
+    Nothing is optimized, so a subclass takes no optimizer settings: its ``__init__`` narrows the base's arguments
+    to ``ckpt`` (declared, no ``**kwargs``) and passes ``ckpt`` alone to ``super().__init__``, so that
+    ``--print_config`` offers no learning rate that would be ignored (see
+    :class:`~medforget.methods.base.UnlearningBase`)."""
 
     one_shot: ClassVar[bool] = True
 

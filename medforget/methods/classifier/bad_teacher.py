@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 
@@ -17,29 +17,22 @@ class BadTeacher(TeacherStudent):
     nothing.
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
-        lr: Learning rate.
         temperature: Distillation temperature (KLs scaled by ``T^2``).
         forget_weight: Weight of the forget (incompetent-teacher) term.
         teacher_seed: Seed of the incompetent teacher's initialisation.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the optimizer settings (``lr``, ``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
-        lr: float = 1e-4,
         temperature: float = 1.0,
         forget_weight: float = 1.0,
         teacher_seed: int = 0,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
         self.teacher_seed = teacher_seed
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        super().__init__(**kwargs)
         self.temperature, self.forget_weight = float(temperature), float(forget_weight)
 
     def on_attach(self) -> None:

@@ -24,6 +24,11 @@ from medforget.systems.classifier import FusionClassifier
 class UnlearningMethod(UnlearningBase):
     """Base system: loads the trained classifier from ``ckpt`` and updates it on forget/retain batches.
 
+    A method declares only its own arguments and forwards these through ``**kwargs`` (``super().__init__(**kwargs)``);
+    one whose default differs from the one here keeps that argument with its own default (SCRUB's ``lr``), and a
+    method without optimizer settings narrows them to ``ckpt`` (SSD, FisherForgetting, SISA). The rule is
+    :class:`~medforget.methods.base.UnlearningBase`'s.
+
     Args:
         ckpt: Checkpoint of the trained classifier (``python -m medforget train`` output). It is only read.
         lr: Learning rate.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,26 +20,21 @@ class BoundaryShrink(TeacherStudent):
     perturb: ``y'`` is then the original model's best wrong class on the clean input.
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
         lr: Learning rate.
         epsilon: FGSM step size (images are in ``[0, 1]``).
         retain_weight: Weight of an optional CE on D_r (0 = the paper's forget-only fine-tuning).
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the other optimizer settings (``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
         lr: float = 1e-5,
         epsilon: float = 0.1,
         retain_weight: float = 0.0,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        super().__init__(lr=lr, **kwargs)
         self.epsilon, self.retain_weight = float(epsilon), float(retain_weight)
 
     def nearest_wrong_labels(self, batch: dict) -> torch.Tensor:

@@ -20,7 +20,8 @@ class FisherForgetting(OneShot):
     studies of whole patients), not on every retain study: its cost does not grow with the hospital.
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
+        ckpt: Checkpoint of the trained classifier (training-free: no optimizer settings, see
+            :class:`~medforget.methods.classifier._common.OneShot`).
         alpha: Noise scale.
         max_variance: Cap of the per-weight noise variance.
         micro_batch: Samples per gradient in the Fisher estimate.

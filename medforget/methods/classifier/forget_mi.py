@@ -54,8 +54,7 @@ class ForgetMI(TeacherStudent):
     Trainer (``--trainer.gradient_clip_val 1.0``, set in ``configs/unlearn/forget_mi.yaml``).
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
-        lr: Learning rate (1e-5..1e-4 with AdamW).
+        lr: Learning rate (1e-5..1e-4 with AdamW; this method's default).
         preset: Loss weights ``(uu, ur, mu, mr)``: ``equal`` (.25 each), ``unimodal`` (.4, .4, .1, .1),
             ``multimodal`` (.1, .1, .4, .4) or ``retention`` (.1, .4, .1, .4).
         weights: Explicit ``(uu, ur, mu, mr)`` weights, normalised to sum to 1; overrides ``preset``.
@@ -75,14 +74,12 @@ class ForgetMI(TeacherStudent):
             patients' confidence drift (retain accuracy 0.72-0.84 against a retrained model's 1.00 in the
             leaderboard), which membership attacks detect; this term keeps the original's memorised outputs.
         retain_temperature: Temperature of the ``retain_kl`` term.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the other optimizer settings (``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
         lr: float = 5e-5,
         preset: Preset = "equal",
         weights: tuple[float, float, float, float] | None = None,
@@ -94,9 +91,7 @@ class ForgetMI(TeacherStudent):
         freeze_bn_stats: bool = True,
         retain_kl: float = 0.0,
         retain_temperature: float = 1.0,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -105,7 +100,7 @@ class ForgetMI(TeacherStudent):
         if retain_kl < 0 or not retain_temperature > 0:
             raise ValueError(f"retain_kl must be >= 0 and retain_temperature > 0, got {retain_kl}, "
                              f"{retain_temperature}")
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        super().__init__(lr=lr, **kwargs)
         self.retain_kl, self.retain_temperature = float(retain_kl), float(retain_temperature)
         self.weights = normalise_weights(PRESETS[preset] if weights is None else weights)
         self.margin = float(margin)

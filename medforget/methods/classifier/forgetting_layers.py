@@ -52,8 +52,6 @@ class ForgettingLayers(UnlearningMethod):
     ``tau`` comes from :func:`forgetting_rates` on the units' mean absolute activation over D_f.
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
-        lr: Learning rate.
         scheme: Rate scheme: ``rank``, ``position``, ``top`` or ``random``.
         tau_min: Fastest time constant (steps).
         tau_max: Slowest time constant (steps).
@@ -61,15 +59,12 @@ class ForgettingLayers(UnlearningMethod):
         unlearn_steps: Decay steps per cycle.
         relearn_steps: Decay-free steps per cycle.
         rate_seed: Seed of the ``random`` scheme.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the optimizer settings (``lr``, ``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
-        lr: float = 1e-4,
         scheme: Scheme = "rank",
         tau_min: float = 5.0,
         tau_max: float = 50.0,
@@ -77,15 +72,13 @@ class ForgettingLayers(UnlearningMethod):
         unlearn_steps: int = 10,
         relearn_steps: int = 10,
         rate_seed: int = 0,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
         if not 0 < tau_min <= tau_max or unlearn_steps < 1 or relearn_steps < 0:
             raise ValueError("need 0 < tau_min <= tau_max, unlearn_steps >= 1 and relearn_steps >= 0")
         if scheme not in ("rank", "position", "top", "random"):
             raise ValueError(f"unknown scheme {scheme!r}; choose rank, position, top or random")
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        super().__init__(**kwargs)
         self.scheme, self.top_fraction = scheme, float(top_fraction)
         self.tau_min, self.tau_max = float(tau_min), float(tau_max)
         self.unlearn_steps, self.relearn_steps, self.rate_seed = int(unlearn_steps), int(relearn_steps), rate_seed

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 
@@ -16,24 +16,19 @@ class GradientAscent(UnlearningMethod):
     examples are about as badly fit as unseen ones, not towards infinite loss. Very lr-sensitive.
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
         lr: Learning rate.
         max_forget_loss: Forget CE above which the ascent stops pushing (``ln(num_classes)`` is chance level).
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the other optimizer settings (``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
         lr: float = 1e-5,
         max_forget_loss: float = 2.0,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        super().__init__(lr=lr, **kwargs)
         self.max_forget_loss = max_forget_loss
 
     def unlearning_loss(self, forget: dict, retain: dict) -> dict[str, torch.Tensor]:

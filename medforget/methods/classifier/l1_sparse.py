@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 
@@ -14,26 +14,19 @@ class L1Sparse(UnlearningMethod):
     ``gamma_t = gamma * (1 - t / T)`` over the ``T`` optimizer steps of the fit (sparsity early, accuracy late).
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
-        lr: Learning rate.
         gamma: Initial L1 weight.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the optimizer settings (``lr``, ``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
-        lr: float = 1e-4,
         gamma: float = 1e-4,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        super().__init__(**kwargs)
         self.gamma = float(gamma)
 
     def current_gamma(self) -> float:

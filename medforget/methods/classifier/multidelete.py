@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,6 @@ class MultiDelete(TeacherStudent):
     The teacher is frozen (``eval()`` even when Lightning switches the system to train mode, no gradients).
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
         lr: Learning rate.
         alpha: Weight of modality decoupling on D_f.
         beta: Weight of multimodal knowledge retention (fused-head KL) on D_r.
@@ -39,14 +38,12 @@ class MultiDelete(TeacherStudent):
             per-sample L2 distances.
         freeze_bn_stats: Keep the student's BatchNorm layers in eval mode (running statistics fixed, affine weights
             trained), so that before any update student and teacher embeddings are identical.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the other optimizer settings (``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
         lr: float = 5e-5,
         alpha: float = 1.0,
         beta: float = 1.0,
@@ -54,15 +51,13 @@ class MultiDelete(TeacherStudent):
         temperature: float = 1.0,
         relative: bool = True,
         freeze_bn_stats: bool = True,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
         if min(alpha, beta, gamma) < 0:
             raise ValueError(f"alpha, beta, gamma must be >= 0, got {alpha}, {beta}, {gamma}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        super().__init__(lr=lr, **kwargs)
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.temperature = float(temperature)
         self.relative = relative

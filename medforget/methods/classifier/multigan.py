@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 
@@ -27,34 +27,27 @@ class MultiGAN(TeacherStudent):
     A text-only model is rejected.
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
-        lr: Learning rate.
         forget_weight: Weight of the two inverted-label terms.
         gan_steps: Training steps of each GAN.
         gan_lr: Adam learning rate of the GANs.
         max_gan_images: Retain images the retain GAN is trained on (a seeded sample when there are more).
         synthetic_batch: Synthetic images of each kind per step.
         gan_seed: Seed of the GANs, their samples and the inverted labels.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the optimizer settings (``lr``, ``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
-        lr: float = 1e-4,
         forget_weight: float = 1.0,
         gan_steps: int = 200,
         gan_lr: float = 2e-4,
         max_gan_images: int = 2048,
         synthetic_batch: int = 16,
         gan_seed: int = 0,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        super().__init__(**kwargs)
         self.forget_weight, self.gan_steps, self.gan_lr = float(forget_weight), int(gan_steps), float(gan_lr)
         self.max_gan_images, self.synthetic_batch, self.gan_seed = int(max_gan_images), int(synthetic_batch), gan_seed
         self.generators: dict[str, ConditionalGenerator] = {}

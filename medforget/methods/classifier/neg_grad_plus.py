@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 
@@ -16,28 +16,21 @@ class NegGradPlus(UnlearningMethod):
     are fit about as badly as unseen ones and the loss is bounded below.
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
-        lr: Learning rate.
         alpha: Weight of the retain loss; ``1 - alpha`` weighs the forget ascent.
         max_forget_loss: Forget CE beyond which the ascent stops pushing.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the optimizer settings (``lr``, ``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
-        lr: float = 1e-4,
         alpha: float = 0.95,
         max_forget_loss: float = 2.0,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        super().__init__(**kwargs)
         self.alpha = float(alpha)
         self.max_forget_loss = float(max_forget_loss)
 

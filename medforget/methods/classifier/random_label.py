@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 
@@ -15,26 +15,19 @@ class RandomLabel(UnlearningMethod):
     """Minimise ``CE(D_f, y') + CE(D_r)`` with ``y'`` drawn uniformly among the wrong classes at every step.
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
-        lr: Learning rate.
         retain_weight: Weight of the retain loss.
         label_seed: Seed of the random labels.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the optimizer settings (``lr``, ``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
-        lr: float = 1e-4,
         retain_weight: float = 1.0,
         label_seed: int = 0,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        super().__init__(**kwargs)
         self.retain_weight = float(retain_weight)
         self.label_generator = torch.Generator().manual_seed(label_seed)
 

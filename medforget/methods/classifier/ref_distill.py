@@ -7,7 +7,7 @@ import inspect
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,6 @@ class RefDistill(TeacherStudent):
     outside the unlearning time when they are cached; a benchmark should report it apart.
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
         lr: Learning rate.
         reference_checkpoints: Reference-model checkpoints (see above); ``None``: ``reference_dir`` or train them.
         reference_dir: Cache folder of reference-model sets (read, and written when the method trains its own).
@@ -72,14 +71,12 @@ class RefDistill(TeacherStudent):
             memorised outputs, which a retrained model also has).
         retain_ce_weight: Weight of the retain cross-entropy (0: pure distillation).
         freeze_bn_stats: Keep the student's BatchNorm statistics fixed (affine weights train).
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the other optimizer settings (``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
         lr: float = 1e-3,
         reference_checkpoints: list[str] | None = None,
         reference_dir: str | None = None,
@@ -91,9 +88,7 @@ class RefDistill(TeacherStudent):
         retain_kl_weight: float = 1.0,
         retain_ce_weight: float = 0.0,
         freeze_bn_stats: bool = True,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
         if num_references < 2 and not reference_checkpoints:
             raise ValueError(f"num_references must be >= 2, got {num_references}")
@@ -104,8 +99,8 @@ class RefDistill(TeacherStudent):
                              f"{forget_weight}, {retain_kl_weight}, {retain_ce_weight}")
         if reference_epochs is not None and reference_epochs < 1:
             raise ValueError(f"reference_epochs must be >= 1, got {reference_epochs}")
-        self.source_ckpt = ckpt
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        self.source_ckpt: str | None = kwargs.get("ckpt")
+        super().__init__(lr=lr, **kwargs)
         self.reference_checkpoints = list(reference_checkpoints) if reference_checkpoints else None
         self.reference_dir = reference_dir
         self.num_references = int(num_references)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -21,30 +21,20 @@ class SalUn(RandomLabel):
     decay, which acts on the weights directly). The mask is saved in Lightning checkpoints for exact resumption.
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
-        lr: Learning rate.
         mask_ratio: Fraction of the weights (highest saliency) that are trained.
-        retain_weight: Weight of the retain loss.
-        label_seed: Seed of the random labels.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: The arguments of :class:`~medforget.methods.classifier.random_label.RandomLabel` (``retain_weight``,
+            ``label_seed``), ``ckpt`` and the optimizer settings (``lr``, ``optimizer``, ``weight_decay``,
+            ``momentum``) of :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
-        lr: float = 1e-4,
         mask_ratio: float = 0.5,
-        retain_weight: float = 1.0,
-        label_seed: int = 0,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
         if not 0.0 < mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1], got {mask_ratio}")
-        super().__init__(ckpt, lr, retain_weight, label_seed, optimizer, weight_decay, momentum)
+        super().__init__(**kwargs)
         self.mask_ratio = float(mask_ratio)
         self.masks: dict[str, torch.Tensor] = {}
         self._frozen_values: dict[str, torch.Tensor] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,6 @@ class SCRUB(TeacherStudent):
     of each, the same alternation at batch granularity. Temperature ``T`` softens both KLs (scaled by ``T^2``).
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
         lr: Learning rate.
         msteps: Number of epochs with max-steps.
         temperature: Distillation temperature.
@@ -32,14 +31,12 @@ class SCRUB(TeacherStudent):
         max_forget_kl: Forget KL above which the max-step stops pushing.
         max_grad_norm: Gradient-norm clipping of each step (``None``: off). Manual optimization: Trainer-level
             ``gradient_clip_val`` is not available for this method.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the other optimizer settings (``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
         lr: float = 5e-4,
         msteps: int = 3,
         temperature: float = 2.0,
@@ -47,13 +44,11 @@ class SCRUB(TeacherStudent):
         alpha: float = 0.5,
         max_forget_kl: float = 5.0,
         max_grad_norm: float | None = 1.0,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
         if msteps < 0 or temperature <= 0:
             raise ValueError(f"msteps must be >= 0 and temperature > 0, got {msteps}, {temperature}")
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        super().__init__(lr=lr, **kwargs)
         self.automatic_optimization = False
         self.msteps, self.temperature = int(msteps), float(temperature)
         self.gamma, self.alpha = float(gamma), float(alpha)

@@ -13,6 +13,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+from medforget.methods.base import init_parameters
+
 
 @dataclass(frozen=True)
 class FloatKnob:
@@ -55,10 +57,11 @@ LR_RANGE = (0.1, 100.0)
 
 
 def init_default(cls: type, name: str, init_args: dict[str, Any]) -> Any:
-    """``init_args[name]`` when the config sets it, else the default of ``cls.__init__``'s argument ``name``."""
+    """``init_args[name]`` when the config sets it, else the default of the method's argument ``name`` (its own, or
+    its base's when it forwards it through ``**kwargs``: :func:`~medforget.methods.base.init_parameters`)."""
     if init_args.get(name) is not None:
         return init_args[name]
-    parameter = inspect.signature(cls.__init__).parameters.get(name)
+    parameter = init_parameters(cls).get(name)
     return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 

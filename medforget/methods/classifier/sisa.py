@@ -18,6 +18,9 @@ from medforget.methods.classifier.base import UnlearningMethod
 class SISA(UnlearningMethod):
     """Exact unlearning of a sharded ensemble (``train --shards K [--slices S]``).
 
+    It takes no optimizer settings (the recipe is the ensemble's): it narrows the base's arguments to ``ckpt``, so
+    ``--print_config`` offers no learning rate that would be ignored.
+
     Args:
         ckpt: The ensemble checkpoint (``<out>/model.ckpt`` of ``train --shards``); its slice checkpoints must be
             where it records them. It is only read.

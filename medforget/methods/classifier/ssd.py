@@ -21,7 +21,8 @@ class SSD(OneShot):
     (``--data.retain_pool``), so ``I_D`` is estimated on a sample whose size does not grow with the hospital.
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
+        ckpt: Checkpoint of the trained classifier (training-free: no optimizer settings, see
+            :class:`~medforget.methods.classifier._common.OneShot`).
         alpha: Selection threshold (how much more important to D_f a weight must be).
         dampening: ``lambda``, the dampening constant.
     """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,30 +26,23 @@ class UNSIR(UnlearningMethod):
     lives in image space, so a text-only model is rejected.
 
     Args:
-        ckpt: Checkpoint of the trained classifier.
-        lr: Learning rate.
         impair_epochs: Epochs of the impair phase (the rest repair).
         noise_steps: Optimisation steps of the noise.
         noise_lr: Adam learning rate of the noise.
         noise_reg: Weight of the noise-energy penalty.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: Weight decay.
-        momentum: SGD momentum.
+        **kwargs: ``ckpt`` and the optimizer settings (``lr``, ``optimizer``, ``weight_decay``, ``momentum``) of
+            :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
-        lr: float = 1e-4,
         impair_epochs: int = 1,
         noise_steps: int = 20,
         noise_lr: float = 0.1,
         noise_reg: float = 0.1,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(ckpt, lr, optimizer, weight_decay, momentum)
+        super().__init__(**kwargs)
         self.impair_epochs, self.noise_steps = int(impair_epochs), int(noise_steps)
         self.noise_lr, self.noise_reg = float(noise_lr), float(noise_reg)
         self.noise: torch.Tensor | None = None  # (num_classes, 1, H, W); rows of absent classes are unused

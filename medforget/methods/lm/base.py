@@ -65,6 +65,10 @@ def kl_to_reference(model: ClinicalLM, reference: ClinicalLM, batch: dict[str, t
 class LMUnlearningMethod(UnlearningBase):
     """Base system: loads the trained language model from ``ckpt`` and updates it on forget / retain batches.
 
+    A method declares only its own arguments and forwards these through ``**kwargs`` (``super().__init__(**kwargs)``);
+    one whose default differs from the one here keeps that argument with its own default (RMU's ``lr`` and ``alpha``,
+    SURE's ``lr``). The rule is :class:`~medforget.methods.base.UnlearningBase`'s.
+
     Args:
         ckpt: Checkpoint of the trained language model (``python -m medforget train-lm`` output). It is only read.
         lr: AdamW learning rate (constant after ``warmup``).

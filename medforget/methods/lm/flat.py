@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from medforget.methods.lm.base import LMUnlearningMethod, token_logprobs
-from medforget.systems.lm import ClinicalLM, LoRA
+from medforget.systems.lm import ClinicalLM
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 #: ``divergence -> (g, f*)``: the (activation, conjugate) pairs of the f-GAN table (Nowozin et al., 2016) that FLAT
@@ -43,37 +43,25 @@ def answer_probability(model: ClinicalLM, batch: dict[str, torch.Tensor]) -> tor
 
 class FLAT(LMUnlearningMethod):
     """Loss adjustment with only forget data: raise the refusal's probability and lower the forget answer's, weighted
-    by an f-divergence's variational form (no retain data, no reference model; ``alpha`` is ignored).
+    by an f-divergence's variational form (no retain data, no reference model; ``alpha`` and ``retain_loss`` are
+    ignored).
 
     Args:
-        ckpt: Checkpoint of the trained language model (only read).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        warmup: Share of the steps spent warming the learning rate up.
-        gamma: Weight of the forget loss.
-        alpha: Ignored (forget data only).
-        retain_loss: Ignored (forget data only).
         divergence: ``kl``, ``js`` (Jensen-Shannon), ``pearson`` (chi-squared) or ``tv`` (total variation).
-        lora: LoRA adapters only (see :class:`~medforget.methods.lm.base.LMUnlearningMethod`).
+        **kwargs: ``ckpt``, the optimizer settings (``lr``, ``weight_decay``, ``warmup``), the loss weights (``gamma``,
+            ``alpha``, ``retain_loss``) and ``lora`` of :class:`~medforget.methods.lm.base.LMUnlearningMethod`.
     """
 
     uses_retain = False
 
     def __init__(
         self,
-        ckpt: str | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup: float = 0.0,
-        gamma: float = 1.0,
-        alpha: float = 1.0,
-        retain_loss: Literal["nll", "kl"] = "nll",
         divergence: Literal["kl", "js", "pearson", "tv"] = "kl",
-        lora: LoRA | None = None,
+        **kwargs: Any,
     ) -> None:
         if divergence not in DIVERGENCES:
             raise ValueError(f"model.divergence must be one of {sorted(DIVERGENCES)}, got {divergence!r}")
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
+        super().__init__(**kwargs)
         self.divergence = divergence
 
     def unlearning_loss(self, forget: dict[str, Any], retain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

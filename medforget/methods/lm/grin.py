@@ -5,14 +5,13 @@ NPO (optionally on the selected weights only)."""
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from medforget.methods.lm._losses import SelectThenFineTune
 from medforget.methods.lm._saliency import accumulate_gradients, top_fraction_mask
 from medforget.methods.lm.base import mean_nll
-from medforget.systems.lm import LoRA
 
 
 class GRIN(SelectThenFineTune):
@@ -29,33 +28,21 @@ class GRIN(SelectThenFineTune):
     fine-tuning step on the adapters.
 
     Args:
-        ckpt: Checkpoint of the trained language model (only read).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay (with ``mask_updates``: applied to the selected weights only).
-        warmup: Share of the steps spent warming the learning rate up.
-        gamma: Weight of the forget loss.
-        alpha: Weight of the retain loss.
-        retain_loss: ``nll`` on retain examples, or ``kl`` to the original model on them.
         then: Fine-tuning loss after the noise: ``graddiff`` (``-NLL_f``) or ``npo``.
         beta: NPO's inverse temperature (``then=npo``).
         fraction: Share of the weight entries that are selected.
         noise_std: Standard deviation of the noise, relative to the standard deviation of each weight tensor.
         eps: The score's ``eps``.
         retain_batches: Retain batches the retain gradient is accumulated over.
-        mask_updates: Fine-tune the selected weights only (the others, norms included, stay exactly as they were).
+        mask_updates: Fine-tune the selected weights only (the others, norms included, stay exactly as they were;
+            ``weight_decay`` is applied to the selected weights only).
         seed: Seed of the noise.
-        lora: LoRA adapters only (see :class:`~medforget.methods.lm.base.LMUnlearningMethod`).
+        **kwargs: ``ckpt``, the optimizer settings (``lr``, ``weight_decay``, ``warmup``), the loss weights (``gamma``,
+            ``alpha``, ``retain_loss``) and ``lora`` of :class:`~medforget.methods.lm.base.LMUnlearningMethod`.
     """
 
     def __init__(
         self,
-        ckpt: str | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup: float = 0.0,
-        gamma: float = 1.0,
-        alpha: float = 1.0,
-        retain_loss: Literal["nll", "kl"] = "nll",
         then: Literal["graddiff", "npo"] = "npo",
         beta: float = 0.1,
         fraction: float = 0.01,
@@ -64,10 +51,10 @@ class GRIN(SelectThenFineTune):
         retain_batches: int = 8,
         mask_updates: bool = False,
         seed: int = 0,
-        lora: LoRA | None = None,
+        **kwargs: Any,
     ) -> None:
         self.check_selection_args(then, fraction)
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
+        super().__init__(**kwargs)
         self.selection: dict[str, torch.Tensor] = {}
 
     @property

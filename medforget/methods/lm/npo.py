@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from medforget.methods.lm._losses import npo_objective
 from medforget.methods.lm.base import LMUnlearningMethod
-from medforget.systems.lm import LoRA
 
 
 class NPO(LMUnlearningMethod):
@@ -17,34 +16,21 @@ class NPO(LMUnlearningMethod):
     the answer tokens); a bounded, slower-diverging alternative to gradient ascent.
 
     Args:
-        ckpt: Checkpoint of the trained language model (only read).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        warmup: Share of the steps spent warming the learning rate up.
-        gamma: Weight of the forget loss.
-        alpha: Weight of the retain loss.
-        retain_loss: ``nll`` on retain examples, or ``kl`` to the original model on them.
         beta: NPO's inverse temperature.
-        lora: LoRA adapters only (see :class:`~medforget.methods.lm.base.LMUnlearningMethod`).
+        **kwargs: ``ckpt``, the optimizer settings (``lr``, ``weight_decay``, ``warmup``), the loss weights (``gamma``,
+            ``alpha``, ``retain_loss``) and ``lora`` of :class:`~medforget.methods.lm.base.LMUnlearningMethod`.
     """
 
     needs_reference = True
 
     def __init__(
         self,
-        ckpt: str | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup: float = 0.0,
-        gamma: float = 1.0,
-        alpha: float = 1.0,
-        retain_loss: Literal["nll", "kl"] = "nll",
         beta: float = 0.1,
-        lora: LoRA | None = None,
+        **kwargs: Any,
     ) -> None:
         if beta <= 0:
             raise ValueError(f"model.beta must be > 0, got {beta}")
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
+        super().__init__(**kwargs)
         self.beta = beta
 
     def unlearning_loss(self, forget: dict[str, Any], retain: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

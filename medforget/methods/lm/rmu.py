@@ -5,12 +5,12 @@ retain text where the original model has them, ``L_r = MSE(h_theta^l(x_r), h_ref
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from medforget.methods.lm.base import LMUnlearningMethod
-from medforget.systems.lm import ClinicalLM, LoRA
+from medforget.systems.lm import ClinicalLM
 
 
 def decoder_layers(model: ClinicalLM) -> torch.nn.ModuleList:
@@ -52,13 +52,8 @@ class RMU(LMUnlearningMethod):
     ``alpha`` than the paper's 7B settings) unlearn the default 128-wide, 4-layer model in the CLI's 5 epochs.
 
     Args:
-        ckpt: Checkpoint of the trained language model (only read).
         lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        warmup: Share of the steps spent warming the learning rate up.
-        gamma: Weight of the forget loss.
         alpha: Weight of the retain (activation-matching) loss.
-        retain_loss: Ignored (see above).
         layer: Decoder block (0-based) whose output is steered; ``None``: the middle one, ``num_layers // 2``.
         update_layers: Decoder blocks that train; ``None``: ``layer - 2 .. layer`` (those that exist).
         params: Substring selecting the trained parameters of those blocks (``mlp``: the whole MLP;
@@ -66,28 +61,24 @@ class RMU(LMUnlearningMethod):
         steering_coef: ``c``, the norm of the target activation; it should exceed the activations' own norm at
             ``layer`` (about 17 at the middle layer of the default 128-wide model).
         seed: Seed of the random direction ``u``.
-        lora: LoRA adapters only (see :class:`~medforget.methods.lm.base.LMUnlearningMethod`).
+        **kwargs: ``ckpt``, the other optimizer settings (``weight_decay``, ``warmup``), the other loss weights
+            (``gamma``, ``retain_loss``) and ``lora`` of :class:`~medforget.methods.lm.base.LMUnlearningMethod`.
     """
 
     needs_reference = True
 
     def __init__(
         self,
-        ckpt: str | None = None,
         lr: float = 5e-3,
-        weight_decay: float = 0.0,
-        warmup: float = 0.0,
-        gamma: float = 1.0,
         alpha: float = 10.0,
-        retain_loss: Literal["nll", "kl"] = "nll",
         layer: int | None = None,
         update_layers: list[int] | None = None,
         params: str = "mlp",
         steering_coef: float = 50.0,
         seed: int = 0,
-        lora: LoRA | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
+        super().__init__(lr=lr, alpha=alpha, **kwargs)
 
     def on_attach(self) -> None:
         hp = self.hparams

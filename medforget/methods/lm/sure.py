@@ -6,14 +6,13 @@ model (and its utility) stays exactly as it was."""
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from medforget.methods.lm._losses import SelectThenFineTune
 from medforget.methods.lm._saliency import accumulate_gradients, top_fraction_mask
 from medforget.methods.lm.base import mean_nll
-from medforget.systems.lm import LoRA
 
 
 class SURE(SelectThenFineTune):
@@ -28,37 +27,26 @@ class SURE(SelectThenFineTune):
     ``lora_B`` starts at zero, only its rows (output neurons of the adapted layers) have a non-zero saliency.
 
     Args:
-        ckpt: Checkpoint of the trained language model (only read).
         lr: AdamW learning rate (large: the point of SURE).
-        weight_decay: AdamW weight decay (applied to the selected neurons only).
-        warmup: Share of the steps spent warming the learning rate up.
-        gamma: Weight of the forget loss.
-        alpha: Weight of the retain loss.
-        retain_loss: ``nll`` on retain examples, or ``kl`` to the original model on them.
         then: Unlearning loss on the selected neurons: ``graddiff`` (``-NLL_f``) or ``npo``.
         beta: NPO's inverse temperature (``then=npo``).
         fraction: Share of the output neurons that train.
-        lora: LoRA adapters only (see :class:`~medforget.methods.lm.base.LMUnlearningMethod`).
+        **kwargs: ``ckpt``, the other optimizer settings (``weight_decay``, ``warmup``), the loss weights (``gamma``,
+            ``alpha``, ``retain_loss``) and ``lora`` of :class:`~medforget.methods.lm.base.LMUnlearningMethod`.
     """
 
     restricts_updates = True
 
     def __init__(
         self,
-        ckpt: str | None = None,
         lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        warmup: float = 0.0,
-        gamma: float = 1.0,
-        alpha: float = 1.0,
-        retain_loss: Literal["nll", "kl"] = "nll",
         then: Literal["graddiff", "npo"] = "graddiff",
         beta: float = 0.1,
         fraction: float = 0.1,
-        lora: LoRA | None = None,
+        **kwargs: Any,
     ) -> None:
         self.check_selection_args(then, fraction)
-        super().__init__(ckpt, lr, weight_decay, warmup, gamma, alpha, retain_loss, lora)
+        super().__init__(lr=lr, **kwargs)
 
     def neurons(self) -> dict[str, list[str]]:
         """``{linear weight name: [its parameter names (weight, bias)]}``: the parameters whose rows are units (the

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from medforget.datamodules.dicom_report import DicomReportDataModule
+from medforget.methods.base import init_parameters
 from medforget.methods.classifier import UnlearningMethod, get_method, list_methods
 from medforget.systems.classifier import load_classifier
 
@@ -38,7 +39,7 @@ def make_method(name: str, ckpt, **kwargs) -> UnlearningMethod:
     """The registered method ``name`` on ``ckpt``; ``kwargs`` it does not take (e.g. ``lr`` of a training-free
     method) are dropped."""
     cls = get_method(name)
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = init_parameters(cls)  # its own arguments and those it forwards to its base
     return cls(ckpt=str(ckpt), **{k: v for k, v in kwargs.items() if k in accepted})
 
 
@@ -89,7 +90,7 @@ def test_method_without_checkpoint_fails_clearly():
 def test_method_hyperparameters_do_not_collide_with_the_datamodule(name):
     # Lightning merges the system's and the datamodule's hparams and fails on a shared key with different values
     # (e.g. a method's ``seed`` next to ``data.seed``), so method arguments must be named apart.
-    method_args = set(inspect.signature(get_method(name).__init__).parameters) - {"self"}
+    method_args = set(init_parameters(get_method(name)))
     data_args = set(inspect.signature(DicomReportDataModule.__init__).parameters) - {"self"}
     assert not method_args & data_args, f"{name} shares {method_args & data_args} with DicomReportDataModule"
 

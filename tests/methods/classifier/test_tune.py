@@ -102,3 +102,7 @@ def test_search_space_is_centred_on_the_config():
     space = get_method("FineTune").search_space({"lr": 1e-3})
     assert space["lr"] == FloatKnob(1e-4, 1e-1, log=True)
     assert "lr" not in get_method("SSD").search_space({})  # training-free, no learning rate
+    # without a configured rate: the method's default, its base's when it forwards lr through **kwargs
+    forwarded, own = get_method("NegGradPlus").search_space({})["lr"], get_method("SCRUB").search_space({})["lr"]
+    assert (forwarded.low, forwarded.high) == pytest.approx((1e-5, 1e-2))  # UnlearningMethod's 1e-4
+    assert (own.low, own.high) == pytest.approx((5e-5, 5e-2))  # SCRUB's own 5e-4
