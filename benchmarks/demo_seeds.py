@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from medforget.core.io import write_json  # noqa: E402
-from medforget.demo import run_demo  # noqa: E402
+from medforget.demo import DEMO_SETTINGS, run_demo  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"seed {seed}: {report['verdict'].upper()}", flush=True)
     defaults = {k: v.default for k, v in inspect.signature(run_demo).parameters.items()}
     result = {"date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/demo_seeds.py", "demo": defaults,
+              "unlearn_settings": DEMO_SETTINGS.get(defaults["method"], {}),
               "seeds": rows, "none_fail": all(r["verdict"] != "fail" for r in rows)}
     write_json(result, args.results)
     return result
