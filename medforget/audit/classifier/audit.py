@@ -31,9 +31,9 @@ from medforget.audit.classifier.config import REFERENCE, SCHEMA_VERSION, AuditCo
 from medforget.audit.classifier.criteria import RunArtifacts, evaluate_criteria
 from medforget.audit.classifier.measure import evaluate_models
 from medforget.audit.classifier.report import write_report
-from medforget.audit.criteria import counted_verdict
+from medforget.audit.criteria import Criterion, Gap, counted_verdict
 from medforget.audit.skeleton import Audit, timing_of
-from medforget.audit.verdict import NA, decide
+from medforget.audit.verdict import FAIL, NA, PASS
 from medforget.datamodules.dicom_report import DicomReportDataModule
 from medforget.datamodules.splits import read_patient_ids
 
@@ -73,11 +73,11 @@ def criteria(run_artifacts: list[RunArtifacts], tolerances: Tolerances, config: 
     out = evaluate_criteria(run_artifacts, tolerances, config.bootstrap, config.seed)
     if tolerances.time_ratio is not None and timing and out:
         value = timing.get("ratio", {}).get("mean", float("nan"))
-        verdict = NA if math.isnan(value) else ("pass" if value <= tolerances.time_ratio else "fail")
-        out.append({"criterion": "time_ratio", "description": "unlearning / retraining wall time (measured)",
-                    **decide(value, None, tolerances.time_ratio, "upper"), "verdict": verdict,
-                    "reason": "a measured time, compared directly", "power": None, "has_power": None,
-                    "counted": verdict != NA, "noise_floor": None, "runs": len(run_artifacts)})
+        crit = Criterion("time_ratio", "unlearning / retraining wall time (measured)", tolerances.time_ratio, "upper")
+        verdict = NA if math.isnan(value) else (FAIL if crit.outside(value) else PASS)
+        out.append({"criterion": crit.name, "description": crit.description, **crit.decide(Gap(value)),
+                    "verdict": verdict, "reason": "a measured time, compared directly", "power": None,
+                    "has_power": None, "counted": verdict != NA, "noise_floor": None, "runs": len(run_artifacts)})
     return out
 
 

@@ -1,5 +1,5 @@
 """The classifier audit's criteria: gaps to the retrained model with paired patient-bootstrap intervals, decided
-three ways (:mod:`medforget.audit.verdict`).
+three ways as the shared criteria with operators (:mod:`medforget.audit.criteria`, :mod:`medforget.audit.verdict`).
 
 Every criterion is a gap between the unlearned and the retrained model computed from per-sample outputs kept in
 :class:`RunArtifacts`. Its interval comes from the same ``B`` patient resamples for every model of a run (paired):
@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 
 from medforget.audit.bootstrap import PatientResampler, classification_replicates, patient_scores, weighted_auc
+from medforget.audit.classifier.config import REFERENCE
 from medforget.audit.criteria import Criterion, Gap
 from medforget.audit.verdict import NA, combine_runs
 
-REFERENCE = "retrained"
 MIN_CHANGE = 0.02  # a recovered fraction needs the original and the model to differ by this much (as robustness)
 
 

@@ -1,9 +1,15 @@
 """The language-model audit's decisions: every criterion on a paired patient-bootstrap interval, its power on the
 original model, and which way a model is off.
 
-**Intervals.** One draw of patients per part (forget, retain, holdout; :class:`PatientResampler`, >= 2,000 replicates
-by default) is shared by every model and every criterion, so the gaps between models are resampled together (paired)
-and each replicate is computed with the vectorised weighted statistics of :mod:`medforget.audit.bootstrap`:
+The criteria with their operators, the gap, the power test and the direction words are the ones both audits share
+(:mod:`medforget.audit.criteria`; :class:`CriterionSpec` is its :class:`~medforget.audit.criteria.Criterion`); this
+module keeps the language model's record of a decided criterion (:func:`judge`), its verdict summary
+(:func:`lm_verdict`), the headline-attack choice and the LM-only bootstrap statistics.
+
+**Intervals.** One draw of patients per part (forget, retain, holdout;
+:class:`~medforget.audit.bootstrap.PatientResampler`, >= 2,000 replicates by default) is shared by every model and
+every criterion, so the gaps between models are resampled together (paired) and each replicate is computed with the
+vectorised weighted statistics of :mod:`medforget.audit.bootstrap`:
 
 - **privleak** (MUSE's convention, :func:`medforget.audit.lm.privleak`): weighted Mann-Whitney AUCs of the
   forget texts (members) vs the holdout texts, forget *and* holdout patients resampled;
@@ -40,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from medforget.audit.bootstrap import PatientResampler, weighted_mean
+from medforget.audit.bootstrap import PatientResampler
 from medforget.audit.criteria import (
     NO_POWER,
     OVER,
@@ -52,15 +58,14 @@ from medforget.audit.criteria import (
     direction,
     direction_text,
 )
+from medforget.audit.lm.config import REFERENCE
 from medforget.audit.verdict import FAIL, NA, PASS
 
 __all__ = [
     "NO_POWER", "OVER", "REFERENCE", "SAME", "UNDER", "CriterionSpec", "Gap", "PatientResampler", "choose_headline",
     "direction", "direction_text", "harmonic_mean_rows", "has_power", "judge", "ks_pvalue_replicates", "lm_verdict",
-    "weighted_mean",
 ]
 
-REFERENCE = "retain"
 CriterionSpec = Criterion  # the LM criteria are the shared criteria with operators
 
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from medforget.audit.bootstrap import PatientResampler, weighted_auc, weighted_mean
 from medforget.audit.criteria import Gap
-from medforget.audit.lm.criteria import REFERENCE, harmonic_mean_rows, ks_pvalue_replicates
+from medforget.audit.lm.config import REFERENCE
+from medforget.audit.lm.criteria import harmonic_mean_rows, ks_pvalue_replicates
 
 
 def _log_p(p: np.ndarray | float) -> np.ndarray | float:
