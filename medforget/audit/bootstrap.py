@@ -11,6 +11,7 @@ scored on the same resamples (paired), so their differences are resampled togeth
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -38,6 +39,39 @@ def patient_weights(groups: np.ndarray, reps: int, rng: np.random.Generator) -> 
     """
     counts, codes = patient_draws(groups, reps, rng)
     return counts[:, codes]
+
+
+class PatientResampler:
+    """One patient-level bootstrap draw per part, shared by every model and statistic (paired): the parts are drawn
+    in their order from one seeded generator, so two audits of one request get the same resamples.
+
+    Args:
+        patients: Per part, the patients (integer codes or positions) that any of its samples belong to.
+        reps: Replicates.
+        seed: Seed.
+    """
+
+    def __init__(self, patients: Mapping[str, Sequence[int]], reps: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.reps = reps
+        self.patients = {part: np.unique(np.asarray(list(p), dtype=int)) for part, p in patients.items()}
+        self.counts = {part: patient_weights(p, reps, rng) for part, p in self.patients.items()}  # (B, P) each
+
+    def weights(self, part: str, groups: Sequence[int]) -> np.ndarray:
+        """``(B, N)`` weights of samples whose patients are ``groups`` (every one of them among the part's)."""
+        groups = np.asarray(groups, dtype=int)
+        index = np.searchsorted(self.patients[part], groups)
+        if len(groups) and (index.max() >= len(self.patients[part]) or (self.patients[part][index] != groups).any()):
+            raise ValueError(f"samples of patients outside the resampled {part} patients")
+        return self.counts[part][:, index]
+
+
+def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``(B,)`` weighted means of ``values (N,)`` (NaN where the total weight is 0)."""
+    values = np.asarray(values, dtype=float)
+    total = weights.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, weights @ values / np.where(total > 0, total, 1.0), np.nan)
 
 
 def _comparisons(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:

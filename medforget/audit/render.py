@@ -1,5 +1,6 @@
 """Rendering shared by both audits: numbers and plain-text tables for the console, one list of blocks rendered to
-Markdown and to a self-contained HTML page, and matplotlib figures (PNG) with ROC panels.
+Markdown and to a self-contained HTML page (:func:`write_documents`, atomically), the blocks both reports share, and
+matplotlib figures (PNG) with ROC panels.
 
 A block is a tuple: ``("h1"|"h2"|"h3"|"p", text)``, ``("list", items)``, ``("table", header, rows)``,
 ``("img", file, caption)`` or ``("code", text)``.
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from medforget.audit.roc import roc
+from medforget.core.io import atomic_write_text, json_safe
 
 COLORS = {"original": "#d62728", "unlearned": "#1f77b4", "retrained": "#2ca02c"}
 
@@ -22,6 +26,7 @@ Block = tuple  # ("h1"|"h2"|"h3"|"p", text) | ("table", header, rows) | ("img", 
 
 
 def num(x: Any, signed: bool = False) -> str:
+    """A number to 3 decimals (``signed``: with its sign), ``n/a`` for ``None`` and NaN."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     return f"{x:+.3f}" if signed else f"{x:.3f}"
@@ -36,6 +41,18 @@ def criterion_value(value: Any, tolerance: float) -> str:
     return text
 
 
+def interval_text(values: Any, signed: bool = True, digits: int = 3, missing: str = "n/a",
+                  nan_missing: bool = False) -> str:
+    """``[lo, hi]`` of an interval (``signed``: ``[+lo, +hi]``); ``missing`` when it is not a pair of numbers (and,
+    with ``nan_missing``, when an end is NaN)."""
+    if not isinstance(values, list) or len(values) != 2 or any(v is None for v in values):
+        return missing
+    if nan_missing and any(math.isnan(v) for v in values):
+        return missing
+    sign = "+" if signed else ""
+    return f"[{values[0]:{sign}.{digits}f}, {values[1]:{sign}.{digits}f}]"
+
+
 def cell(node: Any, signed: bool = False) -> str:
     """``mean ± std`` of an aggregate leaf (just the mean for one run)."""
     if not isinstance(node, dict) or "mean" not in node:
@@ -47,6 +64,7 @@ def cell(node: Any, signed: bool = False) -> str:
 
 
 def get_path(tree: Any, *path: str) -> Any:
+    """The node at ``path`` of nested dicts (``None`` where absent)."""
     for p in path:
         if not isinstance(tree, dict) or p not in tree:
             return None
@@ -89,6 +107,40 @@ def plot_roc_panels(panels: dict[str, list[tuple[str, Any, Any, dict[str, Any]]]
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     return save_figure(plt, fig, path)
+
+
+def provenance_line(report: dict[str, Any]) -> str:
+    """When and by which code the report was made."""
+    code = report["code"]
+    return (f"created {report['created']}; medforget {code['medforget']}, commit {code.get('git_commit') or 'unknown'}"
+            + (" (modified tree)" if code.get("git_dirty") else ""))
+
+
+def closing_blocks(report: dict[str, Any], title: str, hashes: Sequence[str]) -> list[Block]:
+    """The report's configuration and, under ``title``, the forget request's salted hashes."""
+    return [("h2", "Configuration"), ("code", json.dumps(json_safe(report["config"]), indent=2)), ("h2", title),
+            ("code", "\n".join(hashes))]
+
+
+def write_documents(out: str | Path, stem: str, blocks: Callable[[dict[str, str]], list[Block]],
+                    plots: Sequence[tuple[str, Callable[[Any, Path], Path | None], Any]] = (), prefix: str = "",
+                    title: str = "medforget audit") -> dict[str, Any]:
+    """Draw ``plots`` (``(key, plot function, its input)``; none: no ``plots/``) to ``<out>/plots/<prefix><key>.png``
+    and write ``<stem>.md`` and a self-contained ``<stem>.html`` (the PNGs embedded) atomically from one list of
+    blocks, ``blocks(images)`` (``images``: the drawn plots' relative paths by key). Returns the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images: dict[str, str] = {}
+    if plots:
+        (out / "plots").mkdir(exist_ok=True)
+        for key, plot, data in plots:
+            name = f"plots/{prefix}{key}.png"
+            if plot(data, out / name) is not None:
+                images[key] = name
+    items = blocks(images)
+    atomic_write_text(out / f"{stem}.md", to_markdown(items))
+    atomic_write_text(out / f"{stem}.html", to_html(items, out, title=title))
+    return {"markdown": out / f"{stem}.md", "html": out / f"{stem}.html", "plots": images}
 
 
 def to_markdown(items: list[Block]) -> str:
@@ -158,12 +210,6 @@ padding:.7em;overflow-x:auto;font-size:12px}img{max-width:100%}figcaption{font-s
     html_text = html_text.replace("<td>FAIL</td>", '<td style="color:#c62828;font-weight:bold">FAIL</td>')
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{style}</style></head><body>\n{html_text}\n</body></html>\n")
-
-
-def fmt(x: Any, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:

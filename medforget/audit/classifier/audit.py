@@ -11,42 +11,33 @@ test and val patients:
   one run is :func:`medforget.audit.classifier.measure.evaluate_models`.
 
 Several runs give mean ± std (:func:`aggregate`). :func:`criteria` turns the means into pass/fail verdicts with
-configurable :class:`Tolerances`. :func:`run_audit` writes ``audit.json`` (schema :data:`SCHEMA_VERSION`),
-``audit.md`` and a self-contained ``audit.html`` with plots (:mod:`medforget.audit.classifier.report`). The forget
-request appears only as salted hashes; no patient ID, name or report text is written or logged.
+configurable :class:`Tolerances`. :class:`ClassifierAudit` supplies these measurements to the shared run flow of
+:class:`medforget.audit.skeleton.Audit`; :func:`run_audit` runs it and writes ``audit.json`` (schema
+:data:`SCHEMA_VERSION`), ``audit.md`` and a self-contained ``audit.html`` with plots
+(:mod:`medforget.audit.classifier.report`). The forget request appears only as salted hashes; no patient ID, name or
+report text is written or logged.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import math
-import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medforget.audit.classifier.config import (
-    REFERENCE,
-    SCHEMA_VERSION,
-    AuditConfig,
-    Tolerances,
-)
+from medforget.audit.classifier.config import REFERENCE, SCHEMA_VERSION, AuditConfig, Tolerances
 from medforget.audit.classifier.criteria import RunArtifacts, evaluate_criteria
 from medforget.audit.classifier.measure import evaluate_models
-from medforget.audit.verdict import NA, decide, overall
-from medforget.core.io import write_json
-from medforget.core.privacy import HASH_SCHEME, load_or_create_salt, salted_hashes
-from medforget.core.provenance import code_version
+from medforget.audit.classifier.report import write_report
+from medforget.audit.criteria import Criterion, Gap, counted_verdict
+from medforget.audit.skeleton import Audit, timing_of
+from medforget.audit.verdict import FAIL, NA, PASS
 from medforget.datamodules.dicom_report import DicomReportDataModule
 from medforget.datamodules.splits import read_patient_ids
 
 log = logging.getLogger("medforget")
-
-
-
 
 
 # --- several runs --------------------------------------------------------------------------------------------------
@@ -74,69 +65,98 @@ def aggregate(values: list[Any]) -> Any:
     return None
 
 
-def mean_of(summary: dict, *path: str) -> float:
-    """The mean at ``path`` of an :func:`aggregate` summary (``nan`` if absent)."""
-    node: Any = summary
-    for p in path:
-        if not isinstance(node, dict) or p not in node:
-            return float("nan")
-        node = node[p]
-    return float(node["mean"]) if isinstance(node, dict) and "mean" in node else float("nan")
-
-
 def criteria(run_artifacts: list[RunArtifacts], tolerances: Tolerances, config: AuditConfig,
              timing: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The three-way verdict of every criterion (:mod:`medforget.audit.classifier.criteria`) over the runs, plus the
-    time
-    ratio when a tolerance is set for it (a measured wall time, judged on its mean: it has no patient interval)."""
+    time ratio when a tolerance is set for it (a measured wall time, judged on its mean: it has no patient interval).
+    """
     out = evaluate_criteria(run_artifacts, tolerances, config.bootstrap, config.seed)
     if tolerances.time_ratio is not None and timing and out:
         value = timing.get("ratio", {}).get("mean", float("nan"))
-        verdict = NA if math.isnan(value) else ("pass" if value <= tolerances.time_ratio else "fail")
-        out.append({"criterion": "time_ratio", "description": "unlearning / retraining wall time (measured)",
-                    **decide(value, None, tolerances.time_ratio, "upper"), "verdict": verdict,
-                    "reason": "a measured time, compared directly", "power": None, "has_power": None,
-                    "counted": verdict != NA, "noise_floor": None, "runs": len(run_artifacts)})
+        crit = Criterion("time_ratio", "unlearning / retraining wall time (measured)", tolerances.time_ratio, "upper")
+        verdict = NA if math.isnan(value) else (FAIL if crit.outside(value) else PASS)
+        out.append({"criterion": crit.name, "description": crit.description, **crit.decide(Gap(value)),
+                    "verdict": verdict, "reason": "a measured time, compared directly", "power": None,
+                    "has_power": None, "counted": verdict != NA, "noise_floor": None, "runs": len(run_artifacts)})
     return out
 
 
 def verdict_of(checks: list[dict[str, Any]]) -> dict[str, Any]:
     """The overall verdict over the counted criteria, with how many had power and the verdict counts."""
-    counted = [c for c in checks if c.get("counted")]
-    without_power = [c["criterion"] for c in checks if c.get("has_power") is False]
-    verdict = overall([c["verdict"] for c in counted])
+    verdict, counted, without_power = counted_verdict(checks, lambda c: c.get("has_power"))
     counts = {v: sum(c["verdict"] == v for c in counted) for v in ("pass", "inconclusive", "fail")}
     return {"verdict": verdict, "counted": len(counted), "criteria": len(checks), "no_power": without_power,
             "counts": counts}
 
 
-def _timing(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    per_run = []
-    for run in runs:
-        models = run["models"]
-        unlearn = models.get("unlearned", {}).get("provenance", {}).get("unlearn_seconds", float("nan"))
-        retrain = models.get(REFERENCE, {}).get("provenance", {}).get("fit_seconds", float("nan"))
-        original = models.get("original", {}).get("provenance", {}).get("fit_seconds", float("nan"))
-        per_run.append({"unlearn_seconds": unlearn, "retrain_seconds": retrain, "original_train_seconds": original,
-                        "ratio": unlearn / retrain if retrain and not math.isnan(retrain) else float("nan")})
-    return aggregate(per_run)
-
-
-# --- privacy and provenance ----------------------------------------------------------------------------------------
-
-
-def forget_request_record(requests: list[str | Path], salt: str) -> dict[str, Any]:
-    """The forget request(s) as sorted salted hashes (no raw IDs)."""
-    hashed = []
-    for request in requests:
-        ids = read_patient_ids(request)
-        hashed.append(salted_hashes(ids, salt))
-    record: dict[str, Any] = {"hash": HASH_SCHEME, "patients": [len(h) for h in hashed],
-                              "salted_hashes": hashed[0] if len(hashed) == 1 else hashed}
-    return record
-
-
 # --- the audit -----------------------------------------------------------------------------------------------------
+class ClassifierAudit(Audit):
+    """The classifier audit on the skeleton's run flow: one or more runs (seeds) of original / unlearned / retrained
+    checkpoints, measured by :func:`~medforget.audit.classifier.measure.evaluate_models` (arguments: :func:`run_audit`).
+    """
+
+    stem = "audit"
+    schema_version = SCHEMA_VERSION
+
+    def __init__(self, runs: list[dict[str, str | Path]], forget: list[str | Path], data_kwargs: dict[str, Any],
+                 out: str | Path, config: AuditConfig | None = None, tolerances: Tolerances | None = None,
+                 accelerator: str = "auto", salt_file: str | Path | None = None,
+                 cli_config: dict[str, Any] | None = None) -> None:
+        super().__init__(config or AuditConfig(), tolerances or Tolerances(), out, salt_file, cli_config)
+        self.runs, self.forget, self.data_kwargs, self.accelerator = runs, forget, data_kwargs, accelerator
+        self.reports: list[dict[str, Any]] = []
+        self.artifacts: list[RunArtifacts] = []
+
+    def prepare(self) -> None:
+        runs, forget = self.runs, self.forget
+        if len(forget) not in (1, len(runs)):
+            raise ValueError(f"give one forget request for all runs or one per run; got {len(forget)} for {len(runs)} "
+                             f"runs")
+        self.requests = [str(f) for f in forget] * len(runs) if len(forget) == 1 else [str(f) for f in forget]
+        self.data_kwargs = {**self.data_kwargs, "selection_fraction": _selection_fraction(runs, self.data_kwargs)}
+        self.datamodules: dict[str, DicomReportDataModule] = {}
+        for request in dict.fromkeys(self.requests):  # every request is checked before anything is written
+            self.datamodules[request] = DicomReportDataModule(**{**self.data_kwargs, "mode": "evaluate",
+                                                                 "forget": request})
+            self.datamodules[request].setup("predict")
+
+    def measure(self, salt: str) -> None:
+        for i, (checkpoints, request) in enumerate(zip(self.runs, self.requests, strict=True)):
+            art = RunArtifacts()
+            print(f"auditing run {i + 1}/{len(self.runs)}: {', '.join(checkpoints)}", flush=True)
+            self.reports.append(evaluate_models(checkpoints, self.datamodules[request], accelerator=self.accelerator,
+                                                config=self.config, data_kwargs=self.data_kwargs,
+                                                reference_dir=self.out / "reference_models", artifacts=art, salt=salt))
+            self.artifacts.append(art)
+
+    def data(self) -> dict[str, Any]:
+        return self.reports[0]["data"]
+
+    def forget_ids(self) -> list[list[str]]:
+        return [read_patient_ids(request) for request in dict.fromkeys(self.requests)]
+
+    def results(self) -> dict[str, Any]:
+        return {"runs": self.reports, "summary": aggregate([{k: r[k] for k in ("models", "gaps_to_retrained") if k in r}
+                                                            for r in self.reports])}
+
+    def timing(self) -> dict[str, Any]:
+        return aggregate([timing_of(r["models"], REFERENCE, "retrain_seconds") for r in self.reports])
+
+    def criteria(self, timing: dict[str, Any]) -> list[dict[str, Any]]:
+        return criteria(self.artifacts, self.tolerances, self.config, timing)
+
+    def verdict(self, checks: list[dict[str, Any]]) -> dict[str, Any]:
+        decision = verdict_of(checks)
+        return {"verdict": decision["verdict"], "verdict_detail": decision}
+
+    def closing(self) -> dict[str, Any]:
+        return {"per_patient": [{m: r["models"][m]["per_patient"] for m in r["models"]
+                                 if "per_patient" in r["models"][m]} for r in self.reports]}
+
+    def write_documents(self, report: dict[str, Any]) -> dict[str, Any]:
+        return write_report(report, self.artifacts[0], self.out, plots=self.config.plots)
+
+
 def run_audit(
     runs: list[dict[str, str | Path]],
     forget: list[str | Path],
@@ -161,53 +181,7 @@ def run_audit(
         salt_file: Secret salt of the forget-request hashes (created if missing; default ``<out>/private/salt``).
         cli_config: The configuration to record in the report.
     """
-    from medforget.audit.classifier.report import write_report
-
-    config = config or AuditConfig()
-    tolerances = tolerances or Tolerances()
-    out = Path(out)
-    if len(forget) not in (1, len(runs)):
-        raise ValueError(f"give one forget request for all runs or one per run; got {len(forget)} for {len(runs)} runs")
-    requests = [str(f) for f in forget] * len(runs) if len(forget) == 1 else [str(f) for f in forget]
-    data_kwargs = {**data_kwargs, "selection_fraction": _selection_fraction(runs, data_kwargs)}
-    datamodules: dict[str, DicomReportDataModule] = {}
-    for request in dict.fromkeys(requests):  # every request is checked before anything is written
-        datamodules[request] = DicomReportDataModule(**{**data_kwargs, "mode": "evaluate", "forget": request})
-        datamodules[request].setup("predict")
-    salt = load_or_create_salt(salt_file or out / "private" / "salt")
-    run_reports, artifacts = [], []
-    start = time.perf_counter()
-    for i, (checkpoints, request) in enumerate(zip(runs, requests, strict=True)):
-        art = RunArtifacts()
-        print(f"auditing run {i + 1}/{len(runs)}: {', '.join(checkpoints)}", flush=True)
-        run_reports.append(evaluate_models(checkpoints, datamodules[request], accelerator=accelerator, config=config,
-                                           data_kwargs=data_kwargs, reference_dir=out / "reference_models",
-                                           artifacts=art, salt=salt))
-        artifacts.append(art)
-    summary = aggregate([{k: r[k] for k in ("models", "gaps_to_retrained") if k in r} for r in run_reports])
-    timing = _timing(run_reports)
-    checks = criteria(artifacts, tolerances, config, timing)
-    decision = verdict_of(checks)
-    report: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "code": code_version(),
-        "config": {"audit": asdict(config), "tolerances": asdict(tolerances), "cli": cli_config or {}},
-        "data": run_reports[0]["data"],
-        "forget_request": forget_request_record(list(dict.fromkeys(requests)), salt),
-        "runs": run_reports,
-        "summary": summary,
-        "timing": timing,
-        "criteria": checks,
-        "verdict": decision["verdict"],
-        "verdict_detail": decision,
-        "per_patient": [{m: r["models"][m]["per_patient"] for m in r["models"] if "per_patient" in r["models"][m]}
-                        for r in run_reports],
-        "audit_seconds": time.perf_counter() - start,
-    }
-    write_json(report, out / "audit.json")
-    write_report(report, artifacts[0], out, plots=config.plots)
-    return report
+    return ClassifierAudit(runs, forget, data_kwargs, out, config, tolerances, accelerator, salt_file, cli_config).run()
 
 
 def _selection_fraction(runs: list[dict[str, str | Path]], data_kwargs: dict[str, Any]) -> float:
@@ -232,8 +206,3 @@ def _selection_fraction(runs: list[dict[str, str | Path]], data_kwargs: dict[str
                      "unlearned checkpoint; --data.selection_fraction %.2f ignored)", fraction, given)
         return fraction
     return given
-
-
-# --- console -------------------------------------------------------------------------------------------------------
-
-

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from medforget.audit.classifier.mia import MembershipAttack
-from medforget.audit.robustness import QUANTIZATION_SCHEMES
+from medforget.audit.skeleton import AuditSettings
 from medforget.audit.verdict import MIN_REPLICATES
 from medforget.core.registry import unknown_name_message
 
@@ -26,8 +26,11 @@ def default_attacks() -> list[str]:
 
 
 @dataclass
-class AuditConfig:
+class AuditConfig(AuditSettings):
     """What the audit measures.
+
+    ``bootstrap``, ``seed``, ``plots``, ``quantization`` and ``int4_group_size`` are the settings both audits share
+    (:class:`~medforget.audit.skeleton.AuditSettings`).
 
     Args:
         attacks: Membership attacks by registered name (default: every attack that needs no reference models, plus
@@ -79,16 +82,11 @@ class AuditConfig:
         needing = [a for a in names if MembershipAttack.registry[a].opt_in]
         if needing and self.reference_models < 2:
             raise ValueError(f"audit.attacks {needing} need reference models: pass --audit.reference_models K (K >= 2)")
-        bad = [q for q in self.quantization if q not in QUANTIZATION_SCHEMES]
-        if bad:
-            raise ValueError(f"audit.quantization: unknown scheme(s) {bad}; choose from {QUANTIZATION_SCHEMES}")
+        self.check_settings(strict_bootstrap=True)
         if not 0.0 < self.relearn_fraction <= 1.0:
             raise ValueError(f"audit.relearn_fraction must lie in (0, 1], got {self.relearn_fraction}")
-        if self.relearn_steps < 0 or self.reference_models < 0 or self.bootstrap < 0:
-            raise ValueError("audit.relearn_steps, audit.reference_models and audit.bootstrap must be >= 0")
-        if 0 < self.bootstrap < MIN_REPLICATES:
-            raise ValueError(f"--audit.bootstrap {self.bootstrap}: intervals need at least {MIN_REPLICATES} resamples "
-                             f"(0 turns them off, and with them every verdict)")
+        if self.relearn_steps < 0 or self.reference_models < 0:
+            raise ValueError("audit.relearn_steps and audit.reference_models must be >= 0")
         if self.lira_variance not in ("pooled", "per_sample"):
             raise ValueError(f"--audit.lira_variance must be 'pooled' or 'per_sample', got {self.lira_variance!r}")
         if self.lira_variance == "per_sample" and self.reference_models < 4:

@@ -1,5 +1,5 @@
 """The classifier audit's criteria: gaps to the retrained model with paired patient-bootstrap intervals, decided
-three ways (:mod:`medforget.audit.verdict`).
+three ways as the shared criteria with operators (:mod:`medforget.audit.criteria`, :mod:`medforget.audit.verdict`).
 
 Every criterion is a gap between the unlearned and the retrained model computed from per-sample outputs kept in
 :class:`RunArtifacts`. Its interval comes from the same ``B`` patient resamples for every model of a run (paired):
@@ -38,10 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from medforget.audit.bootstrap import classification_replicates, patient_draws, patient_scores, weighted_auc
-from medforget.audit.verdict import FAIL, NA, combine_runs, decide
+from medforget.audit.bootstrap import PatientResampler, classification_replicates, patient_scores, weighted_auc
+from medforget.audit.classifier.config import REFERENCE
+from medforget.audit.criteria import Criterion, Gap
+from medforget.audit.verdict import NA, combine_runs
 
-REFERENCE = "retrained"
 MIN_CHANGE = 0.02  # a recovered fraction needs the original and the model to differ by this much (as robustness)
 
 
@@ -73,35 +74,29 @@ class RunArtifacts:
     request: str = ""
 
 
-Values = dict[str, tuple[float, np.ndarray]]  # quantity -> (estimate, (B,) replicates)
+Values = dict[str, Gap]  # quantity -> (estimate, (B,) replicates)
 
 
-class Draws:
+def resampler(art: RunArtifacts, reps: int, seed: int) -> PatientResampler:
     """The patient resamples of one run: forget, test and held-out (relearning) patients, drawn in that order from
     one seeded generator, so two runs of one request get the same resamples."""
-
-    def __init__(self, art: RunArtifacts, reps: int, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        self.forget = patient_draws(art.groups["forget"], reps, rng)
-        self.test = patient_draws(art.groups["test"], reps, rng)
-        self.held = patient_draws(art.relearn_groups, reps, rng) if art.relearn_groups is not None else None
-
-    @staticmethod
-    def samples(draws: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        counts, codes = draws
-        return counts[:, codes]
+    parts = {"forget": art.groups["forget"], "test": art.groups["test"]}
+    if art.relearn_groups is not None:
+        parts["held"] = art.relearn_groups
+    return PatientResampler(parts, reps, seed)
 
 
-def _with_point(weights: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> tuple[float, np.ndarray]:
+def _with_point(weights: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> Gap:
     """``fn`` on unit weights (the estimate) and on every resample."""
     ones = np.ones((1, weights.shape[1]))
-    return float(fn(ones)[0]), fn(weights)
+    return Gap(float(fn(ones)[0]), fn(weights))
 
 
-def model_values(art: RunArtifacts, model: str, draws: Draws) -> Values:
-    """Every quantity the criteria need for one model, with its replicates."""
+def model_values(art: RunArtifacts, model: str, rs: PatientResampler) -> Values:
+    """Every quantity the criteria need for one model, with its replicates (``rs``: :func:`resampler`)."""
     out: Values = {}
-    wf, wt = Draws.samples(draws.forget), Draws.samples(draws.test)
+    forget, test = art.groups["forget"], art.groups["test"]
+    wf, wt = rs.weights("forget", forget), rs.weights("test", test)
     for part, w in (("forget", wf), ("test", wt)):
         if model not in art.logits or part not in art.logits[model]:
             continue
@@ -109,51 +104,44 @@ def model_values(art: RunArtifacts, model: str, draws: Draws) -> Values:
         point = classification_replicates(logits, labels, np.ones((1, len(labels))))
         reps = classification_replicates(logits, labels, w)
         for metric in point:
-            out[f"{part}_{metric}"] = (float(point[metric][0]), reps[metric])
-    fcounts, fcodes = draws.forget
-    tcounts, tcodes = draws.test
+            out[f"{part}_{metric}"] = Gap(float(point[metric][0]), reps[metric])
     for attack, parts in art.scores.get(model, {}).items():
         f, t = np.asarray(parts["forget"], dtype=float), np.asarray(parts["test"], dtype=float)
         out[f"mia_study/{attack}"] = _pair_auc(f, t, wf, wt)
-        for how, key in (("mean", "mia"), ("max", "mia_max")):  # codes are 0..P-1: patient order = count order
-            pf, pt = patient_scores(f, fcodes, how)[1], patient_scores(t, tcodes, how)[1]
-            out[f"{key}/{attack}"] = _pair_auc(pf, pt, fcounts, tcounts)
+        for how, key in (("mean", "mia"), ("max", "mia_max")):  # patients sorted, as the resampler's counts
+            pf, pt = patient_scores(f, forget, how)[1], patient_scores(t, test, how)[1]
+            out[f"{key}/{attack}"] = _pair_auc(pf, pt, rs.counts["forget"], rs.counts["test"])
     for scheme, logits in art.quantized.get(model, {}).items():
         out[f"quantized_forget_accuracy/{scheme}"] = _with_point(
             wf, lambda w, lg=logits: classification_replicates(lg, art.labels["forget"], w)["accuracy"])
-    if model in art.relearned and draws.held is not None:
-        wh = Draws.samples(draws.held)
+    if model in art.relearned and "held" in rs.patients:
+        wh = rs.weights("held", art.relearn_groups)
         logits = art.relearned[model]
         out["relearned_accuracy"] = _with_point(
             wh, lambda w: classification_replicates(logits, art.relearn_labels, w)["accuracy"])
     return out
 
 
-def _pair_auc(pos: np.ndarray, neg: np.ndarray, w_pos: np.ndarray, w_neg: np.ndarray) -> tuple[float, np.ndarray]:
-    return float(weighted_auc(pos, neg, np.ones(len(pos)), np.ones(len(neg)))[0]), weighted_auc(pos, neg, w_pos, w_neg)
+def _pair_auc(pos: np.ndarray, neg: np.ndarray, w_pos: np.ndarray, w_neg: np.ndarray) -> Gap:
+    return Gap(float(weighted_auc(pos, neg, np.ones(len(pos)), np.ones(len(neg)))[0]),
+               weighted_auc(pos, neg, w_pos, w_neg))
 
 
 # --- criterion definitions -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Criterion:
-    """One criterion: how its gap is computed from the model values (``u``, ``r``, ``o``), which patients it rests
-    on, which way it is judged and which tolerance applies."""
+class GapCriterion(Criterion):
+    """A :class:`~medforget.audit.criteria.Criterion` with how its gap is computed from the model values (``u``,
+    ``r``, ``o``) and which patients it rests on (``forget``, ``test`` or ``held``)."""
 
-    name: str
-    description: str
-    tolerance_field: str
-    sided: str
-    units: str  # forget | test | held
-    gap: Callable[[Values, Values, Values | None], tuple[float, np.ndarray] | None]
-    direction: tuple[str, str] = ("under-unlearned", "over-unlearned")  # what a positive / negative gap means
-    power_check: bool = True  # a forgetting criterion, which the original model must fail to count
+    gap: Callable[[Values, Values, Values | None], Gap | None] = field(kw_only=True)
+    units: str = field(default="forget", kw_only=True)
 
 
 def _diff(key: str, sign: float = 1.0):
     def gap(u: Values, r: Values, o: Values | None):
         if key not in u or key not in r:
             return None
-        return sign * (u[key][0] - r[key][0]), sign * (u[key][1] - r[key][1])
+        return Gap(sign * (u[key][0] - r[key][0]), sign * (u[key][1] - r[key][1]))
 
     return gap
 
@@ -175,29 +163,31 @@ def _recovered(scheme: str):
                 return np.where(np.abs(change) >= MIN_CHANGE, (qv - bv - rv) / np.where(change == 0, 1, change),
                                 np.nan)
 
-        return float(fraction(q[0], base[0], orig[0], own[0])), fraction(q[1], base[1], orig[1], own[1])
+        return Gap(float(fraction(q[0], base[0], orig[0], own[0])), fraction(q[1], base[1], orig[1], own[1]))
 
     return gap
 
 
-def criteria_for(attacks: list[str], schemes: list[str], relearning: bool) -> list[Criterion]:
-    """The criteria of an audit that ran ``attacks``, quantization ``schemes`` and (maybe) the relearning attack."""
-    out = [Criterion(f"mia/{a}", f"{a} AUC per patient (forget vs test): unlearned - retrained", "mia_auc_gap",
-                     "two-sided", "forget", _diff(f"mia/{a}")) for a in attacks]
+def criteria_for(attacks: list[str], schemes: list[str], relearning: bool, tolerances: Any) -> list[GapCriterion]:
+    """The criteria of an audit that ran ``attacks``, quantization ``schemes`` and (maybe) the relearning attack, with
+    their tolerances (:class:`~medforget.audit.classifier.config.Tolerances`)."""
+    t = tolerances
+    out = [GapCriterion(f"mia/{a}", f"{a} AUC per patient (forget vs test): unlearned - retrained", t.mia_auc_gap,
+                        gap=_diff(f"mia/{a}")) for a in attacks]
     out += [
-        Criterion("forget_accuracy", "forget accuracy (fused head): unlearned - retrained", "forget_accuracy_gap",
-                  "two-sided", "forget", _diff("forget_accuracy")),
-        Criterion("forget_auc", "forget AUC (fused head): unlearned - retrained", "forget_auc_gap", "two-sided",
-                  "forget", _diff("forget_auc")),
-        Criterion("test_auc_drop", "test AUC (fused head) lost: retrained - unlearned", "test_auc_drop", "upper",
-                  "test", _diff("test_auc", -1.0), ("utility lost", "utility gained"), power_check=False),
+        GapCriterion("forget_accuracy", "forget accuracy (fused head): unlearned - retrained", t.forget_accuracy_gap,
+                     gap=_diff("forget_accuracy")),
+        GapCriterion("forget_auc", "forget AUC (fused head): unlearned - retrained", t.forget_auc_gap,
+                     gap=_diff("forget_auc")),
+        GapCriterion("test_auc_drop", "test AUC (fused head) lost: retrained - unlearned", t.test_auc_drop, "upper",
+                     power_applies=False, positive="utility lost", negative="utility gained",
+                     gap=_diff("test_auc", -1.0), units="test"),
     ]
-    out += [Criterion(f"quantization/{s}", f"share of the forgotten forget accuracy that {s} quantization recovers",
-                      "quantization_recovery", "upper", "forget", _recovered(s), power_check=False)
-            for s in schemes]
+    out += [GapCriterion(f"quantization/{s}", f"share of the forgotten forget accuracy that {s} quantization recovers",
+                         t.quantization_recovery, "upper", power_applies=False, gap=_recovered(s)) for s in schemes]
     if relearning:
-        out.append(Criterion("relearning", "forget accuracy after the relearning attack: unlearned - retrained",
-                             "relearn_accuracy_gap", "upper", "held", _diff("relearned_accuracy")))
+        out.append(GapCriterion("relearning", "forget accuracy after the relearning attack: unlearned - retrained",
+                                t.relearn_accuracy_gap, "upper", gap=_diff("relearned_accuracy"), units="held"))
     return out
 
 
@@ -231,37 +221,32 @@ def evaluate_criteria(
     usable = [a for a in runs if unlearned in a.logits and REFERENCE in a.logits]
     if not usable or reps <= 0:
         return []
-    draws = [Draws(a, reps, seed) for a in usable]
-    values = [{m: model_values(a, m, d) for m in a.logits} for a, d in zip(usable, draws, strict=True)]
+    values = [{m: model_values(a, m, resampler(a, reps, seed)) for m in a.logits} for a in usable]
     first = usable[0]
     attacks = sorted(set.intersection(*[set(a.scores.get(unlearned, {})) for a in usable]))
     schemes = sorted(set.intersection(*[set(a.quantized.get(unlearned, {})) for a in usable]))
     relearning = all(unlearned in a.relearned for a in usable)
     out = []
-    for crit in criteria_for(attacks, schemes, relearning):
-        tolerance = float(getattr(tolerances, crit.tolerance_field))
+    for crit in criteria_for(attacks, schemes, relearning, tolerances):
         units = _units(first, crit.units)
         unit = "test patients" if crit.units == "test" else "forget patients"
 
-        def judged(model: str, crit: Criterion = crit, tolerance: float = tolerance, units: int = units,
-                   unit: str = unit) -> dict[str, Any] | None:
+        def judged(model: str, crit: GapCriterion = crit, units: int = units, unit: str = unit
+                   ) -> dict[str, Any] | None:
             gaps = [crit.gap(v[model], v[REFERENCE], v.get("original")) for v in values if model in v]
             if len(gaps) != len(values) or any(g is None for g in gaps):
                 return None
-            estimate, replicates = combine_runs([g[0] for g in gaps], [g[1] for g in gaps], seed)
-            return decide(estimate, replicates, tolerance, crit.sided, units=units, unit=unit)
+            return crit.decide(Gap(*combine_runs([g[0] for g in gaps], [g[1] for g in gaps], seed)), units, unit)
 
         decision = judged(unlearned)
         if decision is None:
             continue
         entry = {"criterion": crit.name, "description": crit.description, **decision, "runs": len(usable),
                  "direction": _direction(crit, decision)}
-        power = judged("original") if unlearned != "original" and crit.power_check else None
+        power = judged("original") if unlearned != "original" and crit.power_applies else None
         if power is not None:
-            est = power["estimate"]
-            outside = not math.isnan(est) and (abs(est) if crit.sided == "two-sided" else est) > tolerance
             entry["power"] = {k: power[k] for k in ("verdict", "estimate", "ci95")}
-            entry["has_power"] = bool(power["verdict"] == FAIL or outside)
+            entry["has_power"] = crit.shows_difference(power)
         else:
             entry["power"], entry["has_power"] = None, None
         entry["counted"] = entry["has_power"] is not False and decision["verdict"] != NA
@@ -270,15 +255,15 @@ def evaluate_criteria(
     return out
 
 
-def _direction(crit: Criterion, decision: dict[str, Any]) -> str:
+def _direction(crit: GapCriterion, decision: dict[str, Any]) -> str:
     """Which way the model is off: the direction of a gap whose 95% interval excludes 0 (else ``""``)."""
     lo, hi = decision["ci95"]
     if math.isnan(lo) or lo <= 0 <= hi:
         return ""
-    return crit.direction[0] if lo > 0 else crit.direction[1]
+    return crit.positive if lo > 0 else crit.negative
 
 
-def _noise_floor(crit: Criterion, runs: list[RunArtifacts], values: list[dict[str, Values]]) -> float | None:
+def _noise_floor(crit: GapCriterion, runs: list[RunArtifacts], values: list[dict[str, Values]]) -> float | None:
     """Mean ``|gap|`` of the criterion between the retrained models of two runs of the same request."""
     gaps = []
     for i, j in itertools.permutations(range(len(runs)), 2):

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from medforget.audit.classifier.config import REFERENCE, SCHEMA_VERSION, AuditConfig, default_attacks
-from medforget.audit.classifier.criteria import Draws, RunArtifacts, model_values
+from medforget.audit.classifier.criteria import RunArtifacts, model_values, resampler
 from medforget.audit.classifier.mia import LiRAAttack, MembershipAttack
 from medforget.audit.classifier.mia.base import PARTS, AttackData
 from medforget.audit.per_patient import per_patient_test
@@ -199,8 +199,8 @@ def _attack_intervals(results: dict[str, Any], gaps: dict[str, Any], artifacts: 
                       config: AuditConfig) -> None:
     """95% intervals of every model's attack AUCs and of their gaps to the retrained model, per study
     (``auc_ci95``) and per patient (``patient_auc_ci95``), from one set of paired patient resamples."""
-    draws = Draws(artifacts, config.bootstrap, config.seed)
-    values = {name: model_values(artifacts, name, draws) for name in results}
+    rs = resampler(artifacts, config.bootstrap, config.seed)
+    values = {name: model_values(artifacts, name, rs) for name in results}
     for name, res in results.items():
         for attack, metrics in res["mia"].items():
             metrics["auc_ci95"] = interval(values[name][f"mia_study/{attack}"][1], 0.95)

@@ -7,7 +7,6 @@ Nothing here reads patient data: the inputs are the audit dictionary and per-sam
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +18,16 @@ from medforget.audit.render import (
     COLORS,
     Block,
     cell,
+    closing_blocks,
     figure,
     get_path,
+    interval_text,
     num,
     plot_roc_panels,
+    provenance_line,
     save_figure,
-    to_html,
-    to_markdown,
+    write_documents,
 )
-from medforget.core.io import atomic_write_text, json_safe
-
-# --- formatting ----------------------------------------------------------------------------------------------------
-
-
-def _interval(values: Any) -> str:
-    if not isinstance(values, list) or len(values) != 2 or any(v is None for v in values):
-        return "n/a"
-    return f"[{values[0]:+.3f}, {values[1]:+.3f}]"
-
 
 # --- plots ---------------------------------------------------------------------------------------------------------
 
@@ -161,11 +152,9 @@ def blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
             text += (f" Not counted, because the original model is not shown to differ from the retrained one on "
                      f"them (no power on this model): {', '.join(detail['no_power'])}.")
         out.append(("p", text))
-    code = report["code"]
     request = report["forget_request"]
     out.append(("list", [
-        f"created {report['created']}; medforget {code['medforget']}, commit {code.get('git_commit') or 'unknown'}"
-        + (" (modified tree)" if code.get("git_dirty") else ""),
+        provenance_line(report),
         f"manifest SHA-256 `{report['data']['manifest_sha256']}`",
         f"forget request: {', '.join(map(str, request['patients']))} patients, recorded only as salted hashes "
         f"({request['hash']}; the salt is kept apart from this report)",
@@ -187,8 +176,8 @@ def blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
             floor = c.get("noise_floor")
             result = c["verdict"].upper() + ("" if c.get("counted") else " (not counted)")
             rows.append([c["criterion"], c["description"], num(c["estimate"], True), c.get("direction") or "",
-                         _interval(c.get("ci90")), _interval(c.get("ci95")), tol, "" if floor is None else num(floor),
-                         power_cell, result])
+                         interval_text(c.get("ci90")), interval_text(c.get("ci95")), tol,
+                         "" if floor is None else num(floor), power_cell, result])
         out.append(("table", ["criterion", "what", "gap", "direction", "90% interval", "95% interval", "tolerance",
                               "noise floor", "original", "result"], rows))
         cfg = report["config"]["audit"]
@@ -254,14 +243,14 @@ def blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
                   *[f"TPR@1%FPR {m}" for m in models],
                   *[f"TPR@0.1%FPR {m}" for m in models], *[f"member rate {m}" for m in models]]
         rows = []
+        first_gaps = get_path(report["runs"][0], "gaps_to_retrained", "unlearned", "mia")
         for a in attacks:
             rows.append([a, *[cell(get_path(summary, "models", m, "mia", a, "auc")) for m in models],
                          cell(get_path(summary, "gaps_to_retrained", "unlearned", "mia", a, "auc"), True),
-                         _interval(get_path(report["runs"][0], "gaps_to_retrained", "unlearned", "mia", a, "auc_ci95")),
+                         interval_text(get_path(first_gaps, a, "auc_ci95")),
                          *[cell(get_path(summary, "models", m, "mia", a, "patient_auc")) for m in models],
                          cell(get_path(summary, "gaps_to_retrained", "unlearned", "mia", a, "patient_auc"), True),
-                         _interval(get_path(report["runs"][0], "gaps_to_retrained", "unlearned", "mia", a,
-                                        "patient_auc_ci95")),
+                         interval_text(get_path(first_gaps, a, "patient_auc_ci95")),
                          *[cell(get_path(summary, "models", m, "mia", a, "tpr@1%fpr")) for m in models],
                          *[cell(get_path(summary, "models", m, "mia", a, "tpr@0.1%fpr")) for m in models],
                          *[cell(get_path(summary, "models", m, "mia", a, "member_rate")) for m in models]])
@@ -314,33 +303,18 @@ def blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
                     [[cell(timing.get("unlearn_seconds")), cell(timing.get("retrain_seconds")),
                       cell(timing.get("original_train_seconds")), cell(timing.get("ratio"))]]))
 
-    out.append(("h2", "Configuration"))
-    out.append(("code", json.dumps(json_safe(report["config"]), indent=2)))
-    out.append(("h2", "Forget request (salted hashes)"))
     hashes = request["salted_hashes"]
     flat = hashes if hashes and isinstance(hashes[0], str) else [h for group in hashes for h in group]
-    out.append(("code", "\n".join(flat)))
-    return out
+    return out + closing_blocks(report, "Forget request (salted hashes)", flat)
 
 
 def write_report(report: dict[str, Any], artifacts: RunArtifacts, out: str | Path, plots: bool = True) -> dict:
     """Write ``plots/*.png``, ``audit.md`` and ``audit.html`` into ``out``; returns their paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    images: dict[str, str] = {}
-    if plots:
-        (out / "plots").mkdir(exist_ok=True)
-        summary = report["summary"]
-        for key, fn, arg in (("utility", plot_utility, summary), ("roc", plot_roc, artifacts),
-                             ("histograms", plot_histograms, artifacts), ("quantization", plot_quantization, summary),
-                             ("relearning", plot_relearning, summary)):
-            path = fn(arg, out / "plots" / f"{key}.png")
-            if path is not None:
-                images[key] = f"plots/{key}.png"
-    items = blocks(report, images)
-    atomic_write_text(out / "audit.md", to_markdown(items))
-    atomic_write_text(out / "audit.html", to_html(items, out))
-    return {"markdown": out / "audit.md", "html": out / "audit.html", "plots": images}
+    summary = report["summary"]
+    drawn = [("utility", plot_utility, summary), ("roc", plot_roc, artifacts),
+             ("histograms", plot_histograms, artifacts), ("quantization", plot_quantization, summary),
+             ("relearning", plot_relearning, summary)]
+    return write_documents(out, "audit", lambda images: blocks(report, images), drawn if plots else [])
 
 
 def _sampling_line(sampling: dict[str, Any] | None) -> str:

@@ -3,10 +3,9 @@ per-patient test (``table.txt`` of ``medforget evaluate``)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from medforget.audit.render import fmt, text_table
+from medforget.audit.render import interval_text, num, text_table
 
 COLUMNS = (
     ("forget", "auc"), ("forget", "f1"), ("forget", "accuracy"),
@@ -30,13 +29,13 @@ def format_table(report: dict[str, Any], head: str = "fused", attack: str = "Los
     titles = [f"{part} {metric[:3].upper() if metric != 'accuracy' else 'acc'}" for part, metric in COLUMNS]
     rows = []
     for name, res in report["models"].items():
-        cells = [fmt(res["metrics"].get(part, {}).get(head, {}).get(metric, float("nan"))) for part, metric in COLUMNS]
-        cells.append(fmt(res.get("mia", {}).get(attack, {}).get("auc", float("nan"))))
+        cells = [num(res["metrics"].get(part, {}).get(head, {}).get(metric, float("nan"))) for part, metric in COLUMNS]
+        cells.append(num(res.get("mia", {}).get(attack, {}).get("auc", float("nan"))))
         rows.append([name, *cells])
     for name, gaps in report.get("gaps_to_retrained", {}).items():
-        cells = [fmt(gaps["metrics"].get(part, {}).get(head, {}).get(metric, float("nan")), True)
+        cells = [num(gaps["metrics"].get(part, {}).get(head, {}).get(metric, float("nan")), True)
                  for part, metric in COLUMNS]
-        cells.append(fmt(gaps.get("mia", {}).get(attack, {}).get("auc", float("nan")), True))
+        cells.append(num(gaps.get("mia", {}).get(attack, {}).get("auc", float("nan")), True))
         rows.append([f"Δ {name} vs retrained", *cells])
     return text_table(["model", *titles, "MIA AUC"], rows)
 
@@ -54,13 +53,8 @@ def format_attacks(report: dict[str, Any]) -> str:
     """Attack AUC (forget vs test) of every model, per attack."""
     models = list(report["models"])
     attacks = sorted({a for res in report["models"].values() for a in res.get("mia", {})})
-    rows = [[a, *[fmt(report["models"][m]["mia"].get(a, {}).get("auc")) for m in models]] for a in attacks]
+    rows = [[a, *[num(report["models"][m]["mia"].get(a, {}).get("auc")) for m in models]] for a in attacks]
     return text_table(["attack AUC (forget vs test)", *models], rows)
-
-
-def _ci(ci: Any) -> str:
-    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if isinstance(ci, list) and ci and None not in ci and not any(
-        math.isnan(x) for x in ci) else "n/a"
 
 
 def format_criteria(checks: list[dict[str, Any]]) -> str:
@@ -70,14 +64,15 @@ def format_criteria(checks: list[dict[str, Any]]) -> str:
     for c in checks:
         tol = f"±{c['tolerance']:.3f}" if c.get("sided") == "two-sided" else f"<= {c['tolerance']:.3f}"
         power = c.get("power")
-        power_cell = "" if power is None else (fmt(power["estimate"], True) + ("" if c.get("has_power")
+        power_cell = "" if power is None else (num(power["estimate"], True) + ("" if c.get("has_power")
                                                                                 else " no power"))
         floor = c.get("noise_floor")
         result = c["verdict"].upper() + ("" if c.get("counted") else " (not counted)")
-        rows.append([c["criterion"], fmt(c["estimate"], True), c.get("direction") or "", _ci(c.get("ci90")),
-                     _ci(c.get("ci95")), tol, "" if floor is None else f"{floor:.3f}", power_cell, result])
+        rows.append([c["criterion"], num(c["estimate"], True), c.get("direction") or "",
+                     *[interval_text(c.get(k), nan_missing=True) for k in ("ci90", "ci95")], tol,
+                     "" if floor is None else f"{floor:.3f}", power_cell, result])
     table = text_table(["criterion", "gap", "direction", "90% interval", "95% interval", "tolerance", "noise floor",
-                    "original", "verdict"], rows)
+                        "original", "verdict"], rows)
     notes = [f"  {c['criterion']}: {c['reason']}" for c in checks if c["verdict"] == "inconclusive"]
     return table + ("\n" + "\n".join(notes) if notes else "")
 

@@ -20,18 +20,16 @@ copies of the unlearned model answer the same probes (:func:`medforget.audit.lm.
 Every number is also reported as its signed gap to the retain-only model (under- / over-unlearned).
 :func:`lm_criteria` decides each criterion three ways (PASS / INCONCLUSIVE / FAIL) on a paired patient-bootstrap
 interval with :class:`LMTolerances`, checks its power on the original model and counts only the criteria with power
-(:mod:`medforget.audit.lm.criteria`); :func:`run_lm_audit` writes ``lm_audit.json`` (schema :data:`LM_SCHEMA_VERSION`),
-``lm_audit.md`` and a self-contained ``lm_audit.html`` with plots. The forget set appears only as salted hashes of
-patient IDs; no name, MRN, date of birth, note or generated text is written or logged.
+(:mod:`medforget.audit.lm.criteria`). :class:`LMAudit` supplies these measurements to the shared run flow of
+:class:`medforget.audit.skeleton.Audit`; :func:`run_lm_audit` runs it and writes ``lm_audit.json`` (schema
+:data:`LM_SCHEMA_VERSION`), ``lm_audit.md`` and a self-contained ``lm_audit.html`` with plots. The forget set appears
+only as salted hashes of patient IDs; no name, MRN, date of birth, note or generated text is written or logged.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import math
-import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +62,12 @@ from medforget.audit.lm.judging import annotate_mia, headline_attack, lm_criteri
 from medforget.audit.lm.measure import measure
 from medforget.audit.lm.report import write_lm_report
 from medforget.audit.robustness import recovered_fraction
-from medforget.audit.verdict import MIN_REPLICATES
+from medforget.audit.skeleton import Audit, timing_of
 from medforget.core.checkpoint import sha256_file
-from medforget.core.io import write_json
-from medforget.core.privacy import HASH_SCHEME, load_or_create_salt, salted_hashes
-from medforget.core.provenance import code_version
 from medforget.datamodules.lm import ClinicalNotesDataModule
 from medforget.systems.lm import ClinicalLM, load_lm
 
 log = logging.getLogger("medforget")
-
-#: MUSE's headline attack (Min-K% with k = 0.4): always reported beside the power-chosen headline.
-
-
 
 
 # --- numbers -------------------------------------------------------------------------------------------------------
@@ -133,18 +124,146 @@ def _recovered(models: dict[str, dict], name: str, base: str, headline: str) -> 
     return out
 
 
-def _timing(models: dict[str, dict]) -> dict[str, Any]:
-    def seconds(name: str, key: str) -> float:
-        value = models.get(name, {}).get("provenance", {}).get(key)
-        return float(value) if isinstance(value, (int, float)) else math.nan
-
-    unlearn, retain = seconds("unlearned", "unlearn_seconds"), seconds(REFERENCE, "fit_seconds")
-    return {"unlearn_seconds": unlearn, "retain_train_seconds": retain,
-            "original_train_seconds": seconds("original", "fit_seconds"),
-            "ratio": unlearn / retain if retain and not math.isnan(retain) else math.nan}
-
-
 # --- the audit -----------------------------------------------------------------------------------------------------
+class LMAudit(Audit):
+    """The language-model audit on the skeleton's run flow (arguments: :func:`run_lm_audit`)."""
+
+    stem = "lm_audit"
+    schema = "medforget.lm_audit"
+    schema_version = LM_SCHEMA_VERSION
+
+    def __init__(self, models: dict[str, str | Path | ClinicalLM], datamodule: ClinicalNotesDataModule,
+                 out: str | Path, config: LMAuditConfig | None = None, tolerances: LMTolerances | None = None,
+                 salt_file: str | Path | None = None, cli_config: dict[str, Any] | None = None) -> None:
+        super().__init__(config or LMAuditConfig(), tolerances or LMTolerances(), out, salt_file, cli_config)
+        self.models, self.datamodule = models, datamodule
+
+    def prepare(self) -> None:
+        unknown = [m for m in self.models if m not in LM_MODEL_NAMES]
+        if unknown or REFERENCE not in self.models:
+            raise ValueError(f"models must include 'retain' (the retain-only model) and may include 'original' and "
+                             f"'unlearned'; got {sorted(self.models)}")
+        self.loaded = {name: _load(self.models[name]) for name in LM_MODEL_NAMES if name in self.models}
+        check_models({n: getattr(m, "provenance", {}) for n, (m, _) in self.loaded.items()}, self.datamodule,
+                     {n: where for n, (_, where) in self.loaded.items()})
+        self.datamodule.setup()
+
+    def measure(self, salt: str) -> None:
+        config, loaded = self.config, self.loaded
+        self.probes = probes = build_probes(self.datamodule, config.retain_questions, config.holdout_questions,
+                                            config.seed, config.completion_notes)
+        first = loaded.get("original", loaded[REFERENCE])[0]
+        self.base = config.truth_ratio if config.truth_ratio != "auto" else (
+            "paraphrase" if first.hparams.get("pretrained") else "answer")
+        self.evaluations = evaluations = self._evaluate()
+        reference = None
+        if "reference" in config.attacks:
+            if config.reference is None:
+                ref_eval = evaluations[REFERENCE]
+                reference = (ref_eval.member_tokens, ref_eval.nonmember_tokens)
+            else:
+                ref_model = load_lm(config.reference)
+                texts = probes.member_texts + probes.nonmember_texts
+                _, _, tokens = score_texts(ref_model, [""] * len(texts), texts, config.batch_size, stats=True)
+                reference = (tokens[: len(probes.member_texts)], tokens[len(probes.member_texts):])
+
+        self.artifacts = artifacts = LMArtifacts()
+        self.report_models = report_models = {}
+        retain_eval = evaluations[REFERENCE]
+        for name, evaluation in evaluations.items():
+            source = name.partition("@")[0]
+            entry: dict[str, Any] = {"checkpoint": loaded[source][1],
+                                     "checkpoint_sha256": None if isinstance(self.models[source], ClinicalLM)
+                                     else sha256_file(self.models[source]),
+                                     "provenance": provenance_summary(getattr(loaded[source][0], "provenance", {}))}
+            if "@" in name:
+                entry["provenance"]["quantization"] = name.partition("@")[2]
+            entry.update(evaluation.metrics)
+            entry["forget_quality"] = forget_quality(evaluation.truth_ratios["forget"],
+                                                     retain_eval.truth_ratios["forget"])
+            scores = _attack_scores(evaluation, probes, config.attacks, config.min_k, reference)
+            entry["mia"] = {attack: mia_metrics(*s) for attack, s in scores.items()}
+            entry["evaluation_seconds"] = evaluation.seconds
+            artifacts.truth_ratios[name] = evaluation.truth_ratios["forget"]
+            artifacts.scores[name] = scores
+            report_models[name] = entry
+        for entry in report_models.values():
+            for attack, metrics in entry["mia"].items():
+                metrics["privleak"] = privleak(metrics["auc"], report_models[REFERENCE]["mia"][attack]["auc"])
+        self.measured = measure(evaluations, probes, artifacts.scores, config.bootstrap, config.seed)
+        self.headline, self.headline_table = headline_attack(self.measured, config, self.tolerances)
+        annotate_mia(report_models, self.measured, self.tolerances)
+        for name in report_models:
+            if "@" in name:
+                report_models[name]["recovered_fraction"] = _recovered(report_models, name, name.partition("@")[0],
+                                                                       self.headline)
+
+    def _evaluate(self) -> dict[str, LMEvaluation]:
+        """Every model, and the quantized copies (built when evaluated), on the probes."""
+        config, loaded = self.config, self.loaded
+        variants: list[tuple[str, ClinicalLM | None]] = [(REFERENCE, loaded[REFERENCE][0])]
+        variants += [(n, loaded[n][0]) for n in ("original", "unlearned") if n in loaded]
+        for name in config.quantize_models:
+            if name in loaded:
+                variants += [(f"{name}@{scheme}", None) for scheme in config.quantization]
+        evaluations: dict[str, LMEvaluation] = {}
+        for i, (name, model) in enumerate(variants):
+            print(f"evaluating {name} ({i + 1}/{len(variants)})", flush=True)
+            if model is None:
+                source, _, scheme = name.partition("@")
+                model = quantize_lm(loaded[source][0], scheme, config.int4_group_size, config.quantize_head)
+            evaluations[name] = evaluate_language_model(
+                model, self.probes, config.max_new_tokens, config.batch_size, mia=bool(config.attacks),
+                truth_ratio_base=self.base, semeval_max_new_tokens=config.semeval_max_new_tokens
+                if config.semeval and "@" not in name else None)  # not quantized copies
+        return evaluations
+
+    def data(self) -> dict[str, Any]:
+        return {"corpus_identity": corpus_identity(self.datamodule), "probes": self.probes.summary()}
+
+    def forget_ids(self) -> list[str]:
+        return sorted(self.datamodule.records[p].patient_id for p in self.datamodule.parts["forget"])
+
+    def results(self) -> dict[str, Any]:
+        models, config = self.report_models, self.config
+        strip = ("checkpoint", "provenance")
+        gaps = {name: _gaps({k: v for k, v in entry.items() if k not in strip},
+                            {k: v for k, v in models[REFERENCE].items() if k not in strip})
+                for name, entry in models.items() if name != REFERENCE}
+        return {
+            "models": models,
+            "gaps_to_retain": gaps,
+            "directions": signed_table(self.measured, [n for n in models if n != REFERENCE]),
+            "headline": {"attack": self.headline, "chosen_by": "audit.headline_attack"
+                         if config.headline_attack != "auto"
+                         else "power on the original model (original and retain-only models only)",
+                         "muse_headline": MUSE_HEADLINE, "min_k": config.min_k, "attacks": self.headline_table},
+            "semeval": _semeval_block(self.evaluations, self.artifacts, self.measured, config),
+        }
+
+    def timing(self) -> dict[str, Any]:
+        return timing_of(self.report_models, REFERENCE, "retain_train_seconds")
+
+    def criteria(self, timing: dict[str, Any]) -> list[dict[str, Any]]:
+        units = len(self.datamodule.parts["forget"])
+        return lm_criteria(self.measured, self.tolerances, self.headline, units, timing)
+
+    def verdict(self, checks: list[dict[str, Any]]) -> dict[str, Any]:
+        decision = lm_verdict(checks)
+        return {"verdict": decision["verdict"], "verdict_summary": decision["summary"],
+                "power": {k: v for k, v in decision.items() if k not in ("verdict", "summary")}}
+
+    def closing(self) -> dict[str, Any]:
+        return {"bootstrap": {"replicates": self.config.bootstrap, "unit": "patient (forget, retain and holdout "
+                              "resampled, paired over models)", "seed": self.config.seed}}
+
+    def recorded_config(self) -> dict[str, Any]:
+        return {"truth_ratio_base": self.base}
+
+    def write_documents(self, report: dict[str, Any]) -> dict[str, Any]:
+        return write_lm_report(report, self.artifacts, self.out, plots=self.config.plots)
+
+
 def run_lm_audit(
     models: dict[str, str | Path | ClinicalLM],
     datamodule: ClinicalNotesDataModule,
@@ -171,122 +290,7 @@ def run_lm_audit(
     Returns:
         The report (as written to ``lm_audit.json``).
     """
-
-    config = config or LMAuditConfig()
-    tolerances = tolerances or LMTolerances()
-    unknown = [m for m in models if m not in LM_MODEL_NAMES]
-    if unknown or REFERENCE not in models:
-        raise ValueError(f"models must include 'retain' (the retain-only model) and may include 'original' and "
-                         f"'unlearned'; got {sorted(models)}")
-    out = Path(out)
-    start = time.perf_counter()
-    loaded = {name: _load(models[name]) for name in LM_MODEL_NAMES if name in models}
-    check_models({n: getattr(m, "provenance", {}) for n, (m, _) in loaded.items()}, datamodule,
-                 {n: where for n, (_, where) in loaded.items()})
-    datamodule.setup()
-    probes = build_probes(datamodule, config.retain_questions, config.holdout_questions, config.seed,
-                          config.completion_notes)
-    first = loaded.get("original", loaded[REFERENCE])[0]
-    base = config.truth_ratio if config.truth_ratio != "auto" else (
-        "paraphrase" if first.hparams.get("pretrained") else "answer")
-
-    variants: list[tuple[str, ClinicalLM]] = [(REFERENCE, loaded[REFERENCE][0])]
-    variants += [(n, loaded[n][0]) for n in ("original", "unlearned") if n in loaded]
-    for name in config.quantize_models:
-        if name in loaded:
-            variants += [(f"{name}@{scheme}", None) for scheme in config.quantization]  # built when evaluated
-    evaluations: dict[str, LMEvaluation] = {}
-    for i, (name, model) in enumerate(variants):
-        print(f"evaluating {name} ({i + 1}/{len(variants)})", flush=True)
-        if model is None:
-            source, _, scheme = name.partition("@")
-            model = quantize_lm(loaded[source][0], scheme, config.int4_group_size, config.quantize_head)
-        evaluations[name] = evaluate_language_model(model, probes, config.max_new_tokens, config.batch_size,
-                                        mia=bool(config.attacks), truth_ratio_base=base,
-                                        semeval_max_new_tokens=config.semeval_max_new_tokens
-                                        if config.semeval and "@" not in name else None)  # not quantized copies
-
-    reference = None
-    if "reference" in config.attacks:
-        if config.reference is None:
-            ref_eval = evaluations[REFERENCE]
-            reference = (ref_eval.member_tokens, ref_eval.nonmember_tokens)
-        else:
-            ref_model = load_lm(config.reference)
-            texts = probes.member_texts + probes.nonmember_texts
-            _, _, tokens = score_texts(ref_model, [""] * len(texts), texts, config.batch_size, stats=True)
-            reference = (tokens[: len(probes.member_texts)], tokens[len(probes.member_texts):])
-
-    artifacts = LMArtifacts()
-    report_models: dict[str, dict[str, Any]] = {}
-    retain_eval = evaluations[REFERENCE]
-    for name, evaluation in evaluations.items():
-        source = name.partition("@")[0]
-        entry: dict[str, Any] = {"checkpoint": loaded[source][1],
-                                 "checkpoint_sha256": None if isinstance(models[source], ClinicalLM)
-                                 else sha256_file(models[source]),
-                                 "provenance": provenance_summary(getattr(loaded[source][0], "provenance", {}))}
-        if "@" in name:
-            entry["provenance"]["quantization"] = name.partition("@")[2]
-        entry.update(evaluation.metrics)
-        entry["forget_quality"] = forget_quality(evaluation.truth_ratios["forget"], retain_eval.truth_ratios["forget"])
-        scores = _attack_scores(evaluation, probes, config.attacks, config.min_k, reference)
-        entry["mia"] = {attack: mia_metrics(*s) for attack, s in scores.items()}
-        entry["evaluation_seconds"] = evaluation.seconds
-        artifacts.truth_ratios[name] = evaluation.truth_ratios["forget"]
-        artifacts.scores[name] = scores
-        report_models[name] = entry
-    for entry in report_models.values():
-        for attack, metrics in entry["mia"].items():
-            metrics["privleak"] = privleak(metrics["auc"], report_models[REFERENCE]["mia"][attack]["auc"])
-    if 0 < config.bootstrap < MIN_REPLICATES:
-        log.warning("audit.bootstrap %d < %d replicates: the intervals are too rough for a report", config.bootstrap,
-                    MIN_REPLICATES)
-    measured = measure(evaluations, probes, artifacts.scores, config.bootstrap, config.seed)
-    headline, headline_table = headline_attack(measured, config, tolerances)
-    annotate_mia(report_models, measured, tolerances)
-    for name in report_models:
-        if "@" in name:
-            report_models[name]["recovered_fraction"] = _recovered(report_models, name, name.partition("@")[0],
-                                                                   headline)
-    gaps = {name: _gaps({k: v for k, v in entry.items() if k not in ("checkpoint", "provenance")},
-                        {k: v for k, v in report_models[REFERENCE].items() if k not in ("checkpoint", "provenance")})
-            for name, entry in report_models.items() if name != REFERENCE}
-    timing = _timing(report_models)
-    units = len(datamodule.parts["forget"])
-    checks = lm_criteria(measured, tolerances, headline, units, timing)
-    decision = lm_verdict(checks)
-    salt = load_or_create_salt(salt_file or out / "private" / "salt")
-    forget_ids = sorted(datamodule.records[p].patient_id for p in datamodule.parts["forget"])
-    report: dict[str, Any] = {
-        "schema": "medforget.lm_audit",
-        "schema_version": LM_SCHEMA_VERSION,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "code": code_version(),
-        "config": {"audit": asdict(config), "tolerances": asdict(tolerances), "cli": cli_config or {},
-                   "truth_ratio_base": base},
-        "data": {"corpus_identity": corpus_identity(datamodule), "probes": probes.summary()},
-        "forget_request": {"hash": HASH_SCHEME, "patients": len(forget_ids),
-                           "salted_hashes": salted_hashes(forget_ids, salt)},
-        "models": report_models,
-        "gaps_to_retain": gaps,
-        "directions": signed_table(measured, [n for n in report_models if n != REFERENCE]),
-        "headline": {"attack": headline, "chosen_by": "audit.headline_attack" if config.headline_attack != "auto"
-                     else "power on the original model (original and retain-only models only)",
-                     "muse_headline": MUSE_HEADLINE, "min_k": config.min_k, "attacks": headline_table},
-        "semeval": _semeval_block(evaluations, artifacts, measured, config),
-        "timing": timing,
-        "criteria": checks,
-        "verdict": decision["verdict"],
-        "verdict_summary": decision["summary"],
-        "power": {k: v for k, v in decision.items() if k not in ("verdict", "summary")},
-        "bootstrap": {"replicates": config.bootstrap, "unit": "patient (forget, retain and holdout resampled, "
-                      "paired over models)", "seed": config.seed},
-        "audit_seconds": time.perf_counter() - start,
-    }
-    write_json(report, out / "lm_audit.json")
-    write_lm_report(report, artifacts, out, plots=config.plots)
-    return report
+    return LMAudit(models, datamodule, out, config, tolerances, salt_file, cli_config).run()
 
 
 def _semeval_block(evaluations: dict[str, LMEvaluation], artifacts: LMArtifacts, measured: dict[str, Any],
@@ -312,8 +316,3 @@ def _semeval_block(evaluations: dict[str, LMEvaluation], artifacts: LMArtifacts,
                            for part in ("forget", "retain")}
         block["models"][name] = scores
     return block
-
-
-# --- console -------------------------------------------------------------------------------------------------------
-
-

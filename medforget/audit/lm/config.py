@@ -10,7 +10,7 @@ import numpy as np
 
 from medforget.audit.lm.evaluate import TRUTH_RATIO_BASES
 from medforget.audit.lm.mia import ATTACKS
-from medforget.audit.robustness import QUANTIZATION_SCHEMES
+from medforget.audit.skeleton import AuditSettings
 from medforget.audit.verdict import MIN_REPLICATES
 from medforget.core.registry import unknown_name_message
 
@@ -27,8 +27,11 @@ LM_MODEL_NAMES = ("original", "unlearned", "retain")
 
 
 @dataclass
-class LMAuditConfig:
+class LMAuditConfig(AuditSettings):
     """What the language-model audit measures.
+
+    ``bootstrap``, ``seed``, ``plots``, ``quantization`` and ``int4_group_size`` are the settings both audits share
+    (:class:`~medforget.audit.skeleton.AuditSettings`).
 
     Args:
         retain_questions: Retain questions asked (a seeded sample; ``None``: all). Every forget question is asked.
@@ -88,9 +91,7 @@ class LMAuditConfig:
         if self.headline_attack != "auto" and self.headline_attack not in self.attacks:
             raise ValueError(f"audit.headline_attack {self.headline_attack!r} is neither 'auto' nor among "
                              f"audit.attacks {self.attacks}")
-        bad = [q for q in self.quantization if q not in QUANTIZATION_SCHEMES]
-        if bad:
-            raise ValueError(f"audit.quantization: unknown scheme(s) {bad}; choose from {QUANTIZATION_SCHEMES}")
+        self.check_settings(strict_bootstrap=False)
         bad = [m for m in self.quantize_models if m not in LM_MODEL_NAMES]
         if bad:
             raise ValueError(f"audit.quantize_models: unknown model(s) {bad}; choose from {LM_MODEL_NAMES}")
@@ -98,9 +99,8 @@ class LMAuditConfig:
             raise ValueError(f"audit.truth_ratio must be 'auto', 'paraphrase' or 'answer', got {self.truth_ratio!r}")
         if not 0.0 < self.min_k <= 1.0:
             raise ValueError(f"audit.min_k must lie in (0, 1], got {self.min_k}")
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.bootstrap < 0 or self.semeval_max_new_tokens < 1:
-            raise ValueError("audit.max_new_tokens, audit.semeval_max_new_tokens and audit.batch_size must be >= 1, "
-                             "audit.bootstrap >= 0")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.semeval_max_new_tokens < 1:
+            raise ValueError("audit.max_new_tokens, audit.semeval_max_new_tokens and audit.batch_size must be >= 1")
         if self.semeval and "loss" not in self.attacks:
             raise ValueError("audit.semeval needs the loss attack in audit.attacks (its MIA term)")
 

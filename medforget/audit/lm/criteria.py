@@ -1,9 +1,15 @@
 """The language-model audit's decisions: every criterion on a paired patient-bootstrap interval, its power on the
 original model, and which way a model is off.
 
-**Intervals.** One draw of patients per part (forget, retain, holdout; :class:`PatientResampler`, >= 2,000 replicates
-by default) is shared by every model and every criterion, so the gaps between models are resampled together (paired)
-and each replicate is computed with the vectorised weighted statistics of :mod:`medforget.audit.bootstrap`:
+The criteria with their operators, the gap, the power test and the direction words are the ones both audits share
+(:mod:`medforget.audit.criteria`; :class:`CriterionSpec` is its :class:`~medforget.audit.criteria.Criterion`); this
+module keeps the language model's record of a decided criterion (:func:`judge`), its verdict summary
+(:func:`lm_verdict`), the headline-attack choice and the LM-only bootstrap statistics.
+
+**Intervals.** One draw of patients per part (forget, retain, holdout;
+:class:`~medforget.audit.bootstrap.PatientResampler`, >= 2,000 replicates by default) is shared by every model and
+every criterion, so the gaps between models are resampled together (paired) and each replicate is computed with the
+vectorised weighted statistics of :mod:`medforget.audit.bootstrap`:
 
 - **privleak** (MUSE's convention, :func:`medforget.audit.lm.privleak`): weighted Mann-Whitney AUCs of the
   forget texts (members) vs the holdout texts, forget *and* holdout patients resampled;
@@ -35,63 +41,32 @@ seen the forget patients), ``over-unlearned`` (it treats them as less likely tha
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from medforget.audit.bootstrap import patient_weights
-from medforget.audit.verdict import FAIL, NA, PASS, decide, interval, overall
+from medforget.audit.bootstrap import PatientResampler
+from medforget.audit.criteria import (
+    NO_POWER,
+    OVER,
+    SAME,
+    UNDER,
+    Criterion,
+    Gap,
+    counted_verdict,
+    direction,
+    direction_text,
+)
+from medforget.audit.lm.config import REFERENCE
+from medforget.audit.verdict import FAIL, NA, PASS
 
-UNDER, OVER, SAME = "under-unlearned", "over-unlearned", "indistinguishable"
-NO_POWER = "no power on this model"
-REFERENCE = "retain"
+__all__ = [
+    "NO_POWER", "OVER", "REFERENCE", "SAME", "UNDER", "CriterionSpec", "Gap", "PatientResampler", "choose_headline",
+    "direction", "direction_text", "harmonic_mean_rows", "has_power", "judge", "ks_pvalue_replicates", "lm_verdict",
+]
 
-
-@dataclass
-class Gap:
-    """One measured quantity of one model: its estimate on the whole request and its paired bootstrap replicates."""
-
-    estimate: float
-    replicates: np.ndarray | None = None
-
-    @property
-    def ci95(self) -> list[float]:
-        return interval(self.replicates, 0.95) if self.replicates is not None else [math.nan, math.nan]
-
-
-# --- resampling ----------------------------------------------------------------------------------------------------
-class PatientResampler:
-    """One patient-level bootstrap draw per part, shared by every model and statistic (paired).
-
-    Args:
-        patients: Per part, the patients (positions) that any of its samples belong to.
-        reps: Replicates.
-        seed: Seed.
-    """
-
-    def __init__(self, patients: Mapping[str, Sequence[int]], reps: int, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        self.reps = reps
-        self.patients = {part: np.unique(np.asarray(list(p), dtype=int)) for part, p in patients.items()}
-        self.counts = {part: patient_weights(p, reps, rng) for part, p in self.patients.items()}  # (B, P) each
-
-    def weights(self, part: str, groups: Sequence[int]) -> np.ndarray:
-        """``(B, N)`` weights of samples whose patients are ``groups`` (every one of them among the part's)."""
-        groups = np.asarray(groups, dtype=int)
-        index = np.searchsorted(self.patients[part], groups)
-        if len(groups) and (index.max() >= len(self.patients[part]) or (self.patients[part][index] != groups).any()):
-            raise ValueError(f"samples of patients outside the resampled {part} patients")
-        return self.counts[part][:, index]
-
-
-def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``(B,)`` weighted means of ``values (N,)`` (NaN where the total weight is 0)."""
-    values = np.asarray(values, dtype=float)
-    total = weights.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, weights @ values / np.where(total > 0, total, 1.0), np.nan)
+CriterionSpec = Criterion  # the LM criteria are the shared criteria with operators
 
 
 def harmonic_mean_rows(*columns: np.ndarray) -> np.ndarray:
@@ -135,78 +110,13 @@ def ks_pvalue_replicates(a: np.ndarray, b: np.ndarray, weights: np.ndarray) -> n
     return out
 
 
-# --- wording -------------------------------------------------------------------------------------------------------
-def direction(estimate: float, ci95: Sequence[float] | None, positive: str = UNDER, negative: str = OVER) -> str:
-    """Which way a signed gap to the retain-only model points: ``positive`` above 0, ``negative`` below, or
-    ``indistinguishable`` when its 95% interval holds 0 (or ``n/a`` when unmeasured)."""
-    if estimate is None or math.isnan(estimate):
-        return NA
-    if ci95 is not None and len(ci95) == 2 and not any(math.isnan(c) for c in ci95) and ci95[0] <= 0 <= ci95[1]:
-        return SAME
-    if estimate == 0:
-        return SAME
-    return positive if estimate > 0 else negative
-
-
-def direction_text(label: str, estimate: float, ci95: Sequence[float] | None, digits: int = 3) -> str:
-    """``under-unlearned: +0.240 [+0.100, +0.380]`` style text."""
-    if label == NA:
-        return NA
-    ci = ""
-    if ci95 is not None and len(ci95) == 2 and not any(math.isnan(c) for c in ci95):
-        ci = f" [{ci95[0]:+.{digits}f}, {ci95[1]:+.{digits}f}]"
-    return f"{label}: {estimate:+.{digits}f}{ci}"
-
-
-# --- criteria ------------------------------------------------------------------------------------------------------
-@dataclass
-class CriterionSpec:
-    """How one criterion is judged.
-
-    Attributes:
-        name, description: Shown in the reports.
-        tolerance: On the decision scale (> 0).
-        sided: ``two-sided`` or ``upper`` (see :func:`medforget.audit.verdict.decide`).
-        power_applies: ``False`` for do-no-harm criteria (utility) whose baseline the original is.
-        display: Decision scale -> displayed value (monotone), e.g. ``-log10 p -> p``; ``None``: the same.
-        shown_tolerance, comparison: The tolerance and its comparison as displayed.
-        positive, negative: Direction words of a positive / negative signed gap.
-    """
-
-    name: str
-    description: str
-    tolerance: float
-    sided: str = "two-sided"
-    power_applies: bool = True
-    display: Callable[[float], float] | None = None
-    shown_tolerance: float | None = None
-    comparison: str = "|x| <="
-    positive: str = UNDER
-    negative: str = OVER
-
-
-def _shown(spec: CriterionSpec, value: float) -> float:
-    if value is None or math.isnan(value):
-        return math.nan
-    return float(spec.display(value)) if spec.display else float(value)
-
-
-def _shown_interval(spec: CriterionSpec, ci: Sequence[float]) -> list[float]:
-    ends = [_shown(spec, c) for c in ci]
-    return sorted(ends) if not any(math.isnan(e) for e in ends) else [math.nan, math.nan]
-
-
+# --- decisions -----------------------------------------------------------------------------------------------------
 def has_power(spec: CriterionSpec, decision: dict[str, Any]) -> bool | None:
     """Whether the original model's decision shows the criterion can detect an un-unlearned model: it FAILs, or at
     least its estimate lies outside the tolerance. ``None`` where power does not apply or was not measured."""
-    if not spec.power_applies:
+    if not spec.power_applies or decision["verdict"] == NA:
         return None
-    if decision["verdict"] == NA:
-        return None
-    if decision["verdict"] == FAIL:
-        return True
-    est, tol = decision["estimate"], spec.tolerance
-    return bool(abs(est) > tol) if spec.sided == "two-sided" else bool(est > tol)
+    return spec.shows_difference(decision)
 
 
 def judge(spec: CriterionSpec, gap: Gap | None, original: Gap | None, signed: Gap | None = None,
@@ -214,13 +124,13 @@ def judge(spec: CriterionSpec, gap: Gap | None, original: Gap | None, signed: Ga
     """One criterion: the unlearned model's three-way decision on ``gap``, the original's decision on ``original``
     (its power), and the direction of the signed gap ``signed`` (default: ``gap``)."""
     gap = gap if gap is not None else Gap(math.nan)
-    decision = decide(gap.estimate, gap.replicates, spec.tolerance, spec.sided, units)
+    decision = spec.decide(gap, units)
     signed = signed if signed is not None else gap
     label = direction(signed.estimate, signed.ci95, spec.positive, spec.negative)
     out: dict[str, Any] = {
         "criterion": spec.name, "description": spec.description,
-        "value": _shown(spec, gap.estimate), "ci90": _shown_interval(spec, decision["ci90"]),
-        "ci95": _shown_interval(spec, decision["ci95"]), "comparison": spec.comparison,
+        "value": spec.shown(gap.estimate), "ci90": spec.shown_interval(decision["ci90"]),
+        "ci95": spec.shown_interval(decision["ci95"]), "comparison": spec.operator,
         "tolerance": spec.shown_tolerance if spec.shown_tolerance is not None else spec.tolerance,
         "verdict": decision["verdict"], "passed": {PASS: True, FAIL: False}.get(decision["verdict"]),
         "reason": decision["reason"], "resolvable_gap": decision["resolvable_gap"],
@@ -230,9 +140,9 @@ def judge(spec: CriterionSpec, gap: Gap | None, original: Gap | None, signed: Ga
     }
     power: dict[str, Any] = {"applies": spec.power_applies, "has_power": None}
     if spec.power_applies and original is not None:
-        od = decide(original.estimate, original.replicates, spec.tolerance, spec.sided, units)
-        power.update(has_power=has_power(spec, od), original_value=_shown(spec, original.estimate),
-                     original_ci95=_shown_interval(spec, od["ci95"]), original_verdict=od["verdict"])
+        od = spec.decide(original, units)
+        power.update(has_power=has_power(spec, od), original_value=spec.shown(original.estimate),
+                     original_ci95=spec.shown_interval(od["ci95"]), original_verdict=od["verdict"])
     power["label"] = ("n/a (do-no-harm criterion: the original is its baseline)" if not spec.power_applies else
                       "not measured (no original model or no interval)" if power["has_power"] is None else
                       "yes" if power["has_power"] else NO_POWER)
@@ -243,9 +153,7 @@ def judge(spec: CriterionSpec, gap: Gap | None, original: Gap | None, signed: Ga
 
 def lm_verdict(criteria: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The overall verdict over the criteria that count (power, and an interval), and how many had power."""
-    counted = [c for c in criteria if c.get("counted")]
-    without = [c["criterion"] for c in criteria if c.get("power", {}).get("has_power") is False]
-    verdict = overall([c["verdict"] for c in counted]) if counted else NA
+    verdict, counted, without = counted_verdict(criteria, lambda c: c.get("power", {}).get("has_power"))
     powered = sum(1 for c in criteria if c.get("power", {}).get("has_power"))
     applicable = sum(1 for c in criteria if c.get("power", {}).get("applies"))
     summary = (f"{verdict.upper()}: {powered} of {applicable} forgetting criteria had power on the original model"
@@ -268,7 +176,7 @@ def choose_headline(original_privleak: Mapping[str, Gap], tolerance: float, fall
     spec = CriterionSpec("privleak", "", tolerance)
     table: dict[str, dict[str, Any]] = {}
     for attack, gap in original_privleak.items():
-        d = decide(gap.estimate, gap.replicates, tolerance)
+        d = spec.decide(gap)
         lo, hi = d["ci95"]
         strength = 0.0 if any(math.isnan(x) for x in (lo, hi)) or lo <= 0 <= hi else min(abs(lo), abs(hi))
         table[attack] = {"original_privleak": gap.estimate, "original_ci95": d["ci95"],
@@ -281,7 +189,3 @@ def choose_headline(original_privleak: Mapping[str, Gap], tolerance: float, fall
     else:
         choice = fallback if fallback in table else next(iter(table), fallback)
     return choice, table
-
-
-
-

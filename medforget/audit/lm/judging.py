@@ -7,21 +7,13 @@ import logging
 import math
 from typing import Any
 
+from medforget.audit.criteria import OVER, UNDER, Gap, direction, direction_text
 from medforget.audit.lm.config import (
     MUSE_HEADLINE,
     LMAuditConfig,
     LMTolerances,
 )
-from medforget.audit.lm.criteria import (
-    OVER,
-    UNDER,
-    CriterionSpec,
-    Gap,
-    choose_headline,
-    direction,
-    direction_text,
-    judge,
-)
+from medforget.audit.lm.criteria import CriterionSpec, choose_headline, judge
 from medforget.audit.verdict import NA, decide
 
 log = logging.getLogger("medforget")
@@ -42,7 +34,8 @@ def lm_criteria(measured: dict[str, Any], tolerances: LMTolerances, headline: st
         tolerances: The tolerances.
         headline: The attack whose privleak is judged.
         units: Forget patients (for the sample size an INCONCLUSIVE answer would need).
-        timing: :func:`_timing` (the time ratio is reported, never judged: one timing has no interval).
+        timing: :func:`medforget.audit.skeleton.timing_of` (the time ratio is reported, never judged: one timing has
+            no interval).
     """
     out: list[dict[str, Any]] = []
     if "unlearned" not in measured.get("extraction", {}) and "unlearned" not in measured.get("forget_quality", {}):
@@ -77,14 +70,13 @@ def lm_criteria(measured: dict[str, Any], tolerances: LMTolerances, headline: st
         spec = CriterionSpec(
             f"extraction{'/' + scheme if scheme else ''}",
             f"forget-patient identifier extraction rate{' after ' + scheme + ' quantization' if scheme else ''}: "
-            "unlearned − retain-only", tolerances.extraction_gap, "upper", comparison="<=",
-            negative="below the retain-only level")
+            "unlearned − retain-only", tolerances.extraction_gap, "upper", negative="below the retain-only level")
         power_from = get("extraction", f"{original}@{scheme}") if scheme else None
         out.append(judge(spec, get("extraction", name), power_from or get("extraction", original), None, units))
     spec = CriterionSpec(
         f"privleak/{headline}", f"privleak of the {headline} attack (%), MUSE's convention (A_ret − A_unl) / "
         "(1 − A_ret) · 100: negative = under-unlearned, positive = over-unlearned", tolerances.privleak,
-        comparison="|x| <=", positive=OVER, negative=UNDER)
+        positive=OVER, negative=UNDER)
     out.append(judge(spec, get("privleak", "unlearned", headline), get("privleak", original, headline), None, units))
     if timing and tolerances.time_ratio is not None:
         value = timing.get("ratio", math.nan)

@@ -9,15 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from medforget.audit.bootstrap import weighted_auc
-from medforget.audit.lm.criteria import (
-    REFERENCE,
-    Gap,
-    PatientResampler,
-    harmonic_mean_rows,
-    ks_pvalue_replicates,
-    weighted_mean,
-)
+from medforget.audit.bootstrap import PatientResampler, weighted_auc, weighted_mean
+from medforget.audit.criteria import Gap
+from medforget.audit.lm.config import REFERENCE
+from medforget.audit.lm.criteria import harmonic_mean_rows, ks_pvalue_replicates
 
 
 def _log_p(p: np.ndarray | float) -> np.ndarray | float:

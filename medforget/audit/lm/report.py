@@ -6,7 +6,6 @@ Nothing here reads patient data: the inputs are the audit dictionary and per-que
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,19 @@ import numpy as np
 
 from medforget.audit.lm.config import LM_MODEL_NAMES, REFERENCE, LMArtifacts
 from medforget.audit.lm.tables import criterion_cells
-from medforget.audit.render import COLORS, Block, figure, num, plot_roc_panels, save_figure, to_html, to_markdown
-from medforget.core.io import atomic_write_text, json_safe
+from medforget.audit.render import (
+    COLORS,
+    Block,
+    closing_blocks,
+    figure,
+    get_path,
+    interval_text,
+    num,
+    plot_roc_panels,
+    provenance_line,
+    save_figure,
+    write_documents,
+)
 
 LM_COLORS = {"original": COLORS["original"], "unlearned": COLORS["unlearned"], "retain": COLORS["retrained"]}
 
@@ -28,18 +38,8 @@ def _style(name: str) -> str:
     return {"int8": "--", "int4": ":"}.get(name.partition("@")[2], "-")
 
 
-def _get(tree: Any, *path: str) -> Any:
-    for p in path:
-        if not isinstance(tree, dict) or p not in tree:
-            return None
-        tree = tree[p]
-    return tree
-
-
 def _interval(values: Any, digits: int = 3) -> str:
-    if not isinstance(values, list) or len(values) != 2 or any(v is None for v in values):
-        return ""
-    return f"[{values[0]:.{digits}f}, {values[1]:.{digits}f}]"
+    return interval_text(values, signed=False, digits=digits, missing="")
 
 
 # --- plots ---------------------------------------------------------------------------------------------------------
@@ -83,8 +83,8 @@ def plot_extraction(report: dict[str, Any], path: Path) -> Path | None:
     plt, fig, axes = figure(1, 1, max(4.5, 1.1 * len(names)), 3.2)
     ax = axes[0, 0]
     x = np.arange(len(names))
-    forget = [_get(report, "models", n, "extraction", "forget", "rate") for n in names]
-    holdout = [_get(report, "models", n, "extraction", "holdout", "rate") for n in names]
+    forget = [get_path(report, "models", n, "extraction", "forget", "rate") for n in names]
+    holdout = [get_path(report, "models", n, "extraction", "holdout", "rate") for n in names]
     ax.bar(x - 0.2, [v if v is not None else np.nan for v in forget], 0.4, color=[_color(n) for n in names],
            label="forget patients")
     ax.bar(x + 0.2, [v if v is not None else np.nan for v in holdout], 0.4, color="lightgrey",
@@ -109,20 +109,19 @@ def lm_blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
                "inconclusive": "INCONCLUSIVE: this request cannot decide at least one counted criterion",
                "n/a": "no verdict (no criterion with power and an interval)"}[report["verdict"]]
     out.append(("p", f"**Verdict: {verdict}.** {report.get('verdict_summary', '')}"))
-    code, identity, request = report["code"], report["data"]["corpus_identity"], report["forget_request"]
+    identity, request = report["data"]["corpus_identity"], report["forget_request"]
     probes = report["data"]["probes"]
     out.append(("list", [
-        f"created {report['created']}; medforget {code['medforget']}, commit {code.get('git_commit') or 'unknown'}"
-        + (" (modified tree)" if code.get("git_dirty") else ""),
+        provenance_line(report),
         f"corpus SHA-256 `{identity['corpus_sha256'][:16]}…`, split SHA-256 `{identity['split_sha256'][:16]}…` "
         f"({', '.join(f'{k}={v}' for k, v in identity['settings'].items())})",
         f"forget set: {request['patients']} patients, recorded only as salted hashes ({request['hash']}; the salt is "
         "kept apart from this report)",
         "questions asked: " + ", ".join(f"{k} {v}" for k, v in probes["questions"].items())
         + "; membership texts: " + ", ".join(f"{k} {v}" for k, v in probes["mia_texts"].items()),
-        "models: " + ", ".join(f"{n} ({_get(models, n, 'provenance', 'kind') or 'n/a'}"
-                               + (f", {_get(models, n, 'provenance', 'method')}"
-                                  if _get(models, n, "provenance", "method") else "") + ")" for n in base_models),
+        "models: " + ", ".join(f"{n} ({get_path(models, n, 'provenance', 'kind') or 'n/a'}"
+                               + (f", {get_path(models, n, 'provenance', 'method')}"
+                                  if get_path(models, n, "provenance", "method") else "") + ")" for n in base_models),
     ]))
 
     if report["criteria"]:
@@ -151,7 +150,7 @@ def lm_blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
                          "privleak (MUSE) means under-unlearned; the opposite over-unlearned; "
                          "indistinguishable when the interval holds 0."))
         labels = list(dict.fromkeys(k for rows_ in directions.values() for k in rows_))
-        rows = [[label, *[_get(directions, n, label, "text") or "" for n in directions]] for label in labels]
+        rows = [[label, *[get_path(directions, n, label, "text") or "" for n in directions]] for label in labels]
         out.append(("table", ["quantity", *directions], rows))
 
     base = report["config"]["truth_ratio_base"]
@@ -169,9 +168,10 @@ def lm_blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
              ("forget_quality", "p_value"), ("forget_quality", "statistic"), ("retain", "probability"),
              ("retain", "rouge_l_recall"), ("retain", "truth_ratio_score"), ("model_utility",),
              ("holdout", "probability"), ("holdout", "rouge_l_recall"), ("holdout_utility",)]
-    rows = [[n, *[num(_get(models[n], *p)) for p in paths]] for n in models]
-    rows += [[f"Δ {n} − retain", *["" if p[0] == "forget_quality" else num(_get(report, "gaps_to_retain", n, *p), True)
-                                   for p in paths]] for n in base_models if n != REFERENCE]
+    rows = [[n, *[num(get_path(models[n], *p)) for p in paths]] for n in models]
+    rows += [[f"Δ {n} − retain", *["" if p[0] == "forget_quality" else
+                                   num(get_path(report, "gaps_to_retain", n, *p), True) for p in paths]]
+             for n in base_models if n != REFERENCE]
     out.append(("table", header, rows))
     if "truth_ratios" in images:
         out.append(("img", images["truth_ratios"], "Forget-set truth ratios of each model."))
@@ -183,14 +183,14 @@ def lm_blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
                      "Holdout patients were never trained on: their rate is the floor of chance."))
     header = ["model", "forget rate", "forget MRN", "forget DOB", "via questions", "via note prefixes",
               "holdout rate"]
-    rows = [[n, *[num(_get(models[n], "extraction", *p)) for p in
+    rows = [[n, *[num(get_path(models[n], "extraction", *p)) for p in
                   (("forget", "rate"), ("forget", "mrn"), ("forget", "dob"), ("forget", "qa"),
                    ("forget", "note_prefix"), ("holdout", "rate"))]] for n in models]
     out.append(("table", header, rows))
     if "extraction" in images:
         out.append(("img", images["extraction"], "Extraction rate before and after quantization."))
 
-    attacks = list(_get(models, REFERENCE, "mia") or {})
+    attacks = list(get_path(models, REFERENCE, "mia") or {})
     if attacks:
         out.append(("h2", "Membership inference (MUSE)"))
         k = report["config"]["audit"].get("min_k")
@@ -214,11 +214,11 @@ def lm_blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
                      f"({num(h.get('original_privleak'), True)} {_interval(h.get('original_ci95'), 1)}, "
                      f"{str(h.get('original_verdict', 'n/a')).upper()})")
             name = a + (" (judged)" if a == headline else "") + (" (MUSE)" if a == head.get("muse_headline") else "")
-            unl = _get(models, "unlearned", "mia", a) or {}
-            rows.append([name, *[num(_get(models[n], "mia", a, "auc")) + " " + _interval(
-                             _get(models[n], "mia", a, "auc_ci95")) for n in models], power,
-                         *[num(_get(models[n], "mia", a, "privleak"), True) + " " + _interval(
-                             _get(models[n], "mia", a, "privleak_ci95"), 1)
+            unl = get_path(models, "unlearned", "mia", a) or {}
+            rows.append([name, *[num(get_path(models[n], "mia", a, "auc")) + " " + _interval(
+                             get_path(models[n], "mia", a, "auc_ci95")) for n in models], power,
+                         *[num(get_path(models[n], "mia", a, "privleak"), True) + " " + _interval(
+                             get_path(models[n], "mia", a, "privleak_ci95"), 1)
                            for n in base_models if n != REFERENCE],
                          f"{str(unl.get('privleak_verdict', 'n/a')).upper()}, {unl.get('privleak_direction', 'n/a')}"])
         out.append(("table", header, rows))
@@ -235,10 +235,10 @@ def lm_blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
                          "(original − unlearned) performance that comes back (0 = none, 1 = all)."))
         header = ["model", "forget prob", "forget ROUGE", "extraction (forget)", f"AUC {headline}",
                   "recovered prob", "recovered ROUGE", "recovered extraction"]
-        rows = [[n, num(_get(models[n], "forget", "probability")), num(_get(models[n], "forget", "rouge_l_recall")),
-                 num(_get(models[n], "extraction", "forget", "rate")), num(_get(models[n], "mia", headline, "auc")),
-                 *[num(_get(models[n], "recovered_fraction", k)) for k in
-                   ("forget_probability", "forget_rouge_l_recall", "extraction_rate")]]
+        paths = [("forget", "probability"), ("forget", "rouge_l_recall"), ("extraction", "forget", "rate"),
+                 ("mia", headline, "auc"), *[("recovered_fraction", k) for k in
+                                             ("forget_probability", "forget_rouge_l_recall", "extraction_rate")]]
+        rows = [[n, *[num(get_path(models[n], *p)) for p in paths]]
                 for n in [*(m for m in base_models if m != REFERENCE), *quantized]]
         out.append(("table", header, rows))
 
@@ -269,26 +269,12 @@ def lm_blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
                           "unlearning / retain-only"],
                 [[num(timing.get("unlearn_seconds")), num(timing.get("retain_train_seconds")),
                   num(timing.get("original_train_seconds")), num(timing.get("ratio"))]]))
-    out.append(("h2", "Configuration"))
-    out.append(("code", json.dumps(json_safe(report["config"]), indent=2)))
-    out.append(("h2", "Forget set (salted hashes)"))
-    out.append(("code", "\n".join(request["salted_hashes"])))
-    return out
+    return out + closing_blocks(report, "Forget set (salted hashes)", request["salted_hashes"])
 
 
 def write_lm_report(report: dict[str, Any], artifacts: LMArtifacts, out: str | Path, plots: bool = True) -> dict:
     """Write ``plots/*.png``, ``lm_audit.md`` and ``lm_audit.html`` into ``out``; returns their paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    images: dict[str, str] = {}
-    if plots:
-        (out / "plots").mkdir(exist_ok=True)
-        for key, fn, arg in (("truth_ratios", plot_truth_ratios, artifacts), ("roc", plot_lm_roc, artifacts),
-                             ("extraction", plot_extraction, report)):
-            path = fn(arg, out / "plots" / f"lm_{key}.png")
-            if path is not None:
-                images[key] = f"plots/lm_{key}.png"
-    items = lm_blocks(report, images)
-    atomic_write_text(out / "lm_audit.md", to_markdown(items))
-    atomic_write_text(out / "lm_audit.html", to_html(items, out, title="medforget language-model audit"))
-    return {"markdown": out / "lm_audit.md", "html": out / "lm_audit.html", "plots": images}
+    drawn = [("truth_ratios", plot_truth_ratios, artifacts), ("roc", plot_lm_roc, artifacts),
+             ("extraction", plot_extraction, report)]
+    return write_documents(out, "lm_audit", lambda images: lm_blocks(report, images), drawn if plots else [],
+                           prefix="lm_", title="medforget language-model audit")

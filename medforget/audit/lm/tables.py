@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from medforget.audit.lm.criteria import lm_verdict
-from medforget.audit.render import fmt, text_table
+from medforget.audit.render import get_path, num, text_table
 from medforget.audit.verdict import NA
 
 
@@ -22,13 +22,8 @@ def format_lm_table(report: dict[str, Any]) -> str:
                ("extract holdout", ("extraction", "holdout", "rate")), (f"AUC {headline}", ("mia", headline, "auc")),
                ("privleak %", ("mia", headline, "privleak")))
 
-    def get(node: Any, path: tuple[str, ...]) -> Any:
-        for p in path:
-            node = node.get(p) if isinstance(node, dict) else None
-        return node
-
-    rows = [[name, *[fmt(get(entry, path)) for _, path in columns]] for name, entry in report["models"].items()]
-    rows += [[f"Δ {name} − retain", *[fmt(get(gap, path), True) if path[0] != "forget_quality" else ""
+    rows = [[name, *[num(get_path(entry, *path)) for _, path in columns]] for name, entry in report["models"].items()]
+    rows += [[f"Δ {name} − retain", *[num(get_path(gap, *path), True) if path[0] != "forget_quality" else ""
                                      for _, path in columns]]
              for name, gap in report.get("gaps_to_retain", {}).items() if "@" not in name]
     table = text_table(["model", *[title for title, _ in columns]], rows)
@@ -38,21 +33,21 @@ def format_lm_table(report: dict[str, Any]) -> str:
 
 def criterion_cells(c: dict[str, Any]) -> list[str]:
     """Value with its 90% interval, tolerance, verdict, power and direction of one criterion, as table cells."""
-    def num(x: Any) -> str:
+    def short(x: Any) -> str:
         if x is None or (isinstance(x, float) and math.isnan(x)):
             return "n/a"
         return f"{x:.3g}" if abs(x) < 1e-3 and x != 0 else f"{x:.3f}" if abs(x) < 100 else f"{x:.1f}"
 
     ci = c.get("ci90") or [math.nan, math.nan]
-    interval = "" if any(isinstance(x, float) and math.isnan(x) for x in ci) else f" [{num(ci[0])}, {num(ci[1])}]"
+    interval = "" if any(isinstance(x, float) and math.isnan(x) for x in ci) else f" [{short(ci[0])}, {short(ci[1])}]"
     tol = c.get("tolerance")
     tolerance = f"{c['comparison']} {tol:g}" if isinstance(tol, (int, float)) and not math.isnan(tol) else "–"
     power = c.get("power", {})
     power_cell = power.get("label", "n/a")
     if power.get("has_power") is not None:
-        power_cell += f" (original {num(power.get('original_value'))}, {power.get('original_verdict', NA).upper()})"
+        power_cell += f" (original {short(power.get('original_value'))}, {power.get('original_verdict', NA).upper()})"
     verdict = c["verdict"].upper() if c.get("counted", True) else f"{c['verdict'].upper()} (not counted)"
-    return [f"{num(c['value'])}{interval}", tolerance, verdict, power_cell, c.get("direction_text", NA)]
+    return [f"{short(c['value'])}{interval}", tolerance, verdict, power_cell, c.get("direction_text", NA)]
 
 
 def format_lm_criteria(checks: list[dict[str, Any]]) -> str:
@@ -72,9 +67,9 @@ def format_semeval(report: dict[str, Any]) -> str:
     for name, m in block["models"].items():
         f, r = (m["means"][p][block["task"]] for p in ("forget", "retain"))
         ci = m.get("final_ci95") or [math.nan, math.nan]
-        rows.append([name, fmt(f["regurgitation"]), fmt(f["knowledge"]), fmt(r["regurgitation"]),
-                     fmt(r["knowledge"]), fmt(m["task_aggregate"]), fmt(m["mia_auc"]), fmt(m["mia_score"]),
-                     fmt(m["utility"]), fmt(m["final"]) + ("" if any(math.isnan(x) for x in ci)
+        rows.append([name, num(f["regurgitation"]), num(f["knowledge"]), num(r["regurgitation"]),
+                     num(r["knowledge"]), num(m["task_aggregate"]), num(m["mia_auc"]), num(m["mia_score"]),
+                     num(m["utility"]), num(m["final"]) + ("" if any(math.isnan(x) for x in ci)
                                                               else f" [{ci[0]:.3f}, {ci[1]:.3f}]")])
     return text_table(["model", "forget regurg.", "forget knowl.", "retain regurg.", "retain knowl.", "task aggregate",
                    "loss AUC", "MIA score", "utility*", "final [95% CI]"], rows) + "\n* " + block["note"]
