@@ -19,7 +19,8 @@ from medforget.datamodules.splits import patient_strata, sample_forget_request, 
 # selection part of a tuning request of other training patients than the demo's, the retain sample and val
 # patients; never test patients, the retrained model or the patients the audit scores), with the trainer flags of
 # the method's config that the tuning ran with. RefDistill: 8 trials on seed 1's demo hospital and original, K = 2
-# references of its own (``benchmarks/demo_tuning.py``, ``benchmarks/results/demo_tuning.json``). FineTune: 8 trials on seed 0's.
+# references of its own (``benchmarks/demo_tuning.py``, ``benchmarks/results/demo_tuning.json``). FineTune: 8 trials
+# on seed 0's.
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "RefDistill": {"epochs": 6, "trainer": {"gradient_clip_val": 1.0},
                    "method_args": {"lr": 6.5e-4, "num_references": 2, "temperature": 2.0, "forget_weight": 1.8,
