@@ -82,19 +82,17 @@ def method_table() -> dict[str, tuple[str, dict[str, Any], list[float]]]:
 
 @contextlib.contextmanager
 def _logged(log: Path) -> Iterator[None]:
-    """This process's stdout and stderr (file descriptors 1 and 2: Python, Lightning and C extensions) into ``log``."""
+    """This process's output into ``log``: ``sys.stdout``/``sys.stderr`` and file descriptors 1 and 2 (Lightning's
+    handlers and C extensions)."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     try:
-        with open(log, "w") as f:
+        with open(log, "w", buffering=1) as f:
             os.dup2(f.fileno(), 1)
             os.dup2(f.fileno(), 2)
-            try:
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
                 yield
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
     finally:
         for fd, saved_fd in zip((1, 2), saved, strict=True):
             os.dup2(saved_fd, fd)
