@@ -128,10 +128,18 @@ def train_model(job: dict[str, Any]) -> float:
     return _run(api.train_lm, out / "train.log", out=out, **job["kwargs"])
 
 
-def _threads(jobs: int) -> None:
+_DEFAULT_THREADS: list[int] = []
+
+
+def _threads(jobs: int | None) -> None:
+    """Torch's threads: the cores shared by ``jobs`` evaluations, or with ``None`` this process's default (as a fresh
+    process has it: ``OMP_NUM_THREADS`` or the cores), which the unlearning runs use, as the trainings they are timed
+    against do."""
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(1, jobs)))
+    if not _DEFAULT_THREADS:
+        _DEFAULT_THREADS.append(torch.get_num_threads())
+    torch.set_num_threads(_DEFAULT_THREADS[0] if jobs is None else max(1, (os.cpu_count() or 2) // max(1, jobs)))
 
 
 def _device(accelerator: str) -> str:
@@ -177,13 +185,14 @@ def unlearn_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
     """One grid point: ``api.unlearn_lm``, then the evaluation (both in this worker process)."""
     from medforget import api
 
-    _threads(job["jobs"])
+    _threads(None)
     out = Path(job["out"])
     out.mkdir(parents=True, exist_ok=True)
     wall = _run(api.unlearn_lm, out / "unlearn.log", ckpt=job["original"], method=job["cls"], out=out,
                 method_args={"lr": job["lr"], **job["method_args"]}, epochs=job["epochs"],
                 accelerator=job["accelerator"], seed=job["seed"], overwrite=True,
                 data={"batch_size": job["batch_size"], **job["data"]}, trainer={"enable_progress_bar": False})
+    _threads(job["jobs"])
     from medforget.systems.lm import load_lm
 
     provenance = load_lm(out / "model.ckpt").provenance
