@@ -110,13 +110,14 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(wanted, settings)
     manifest = root / "hospital" / "manifest.csv"
 
-    def fit(extra: list[str], out: Path) -> Path:
+    def fit(out: Path, seed: int, exclude_patients: Path | None = None) -> Path:
         if reuse and (out / "model.ckpt").is_file():
             return out / "model.ckpt"
         with quiet():
-            return api.train(manifest, out, epochs=args.epochs, accelerator=args.accelerator, overwrite=True,
+            return api.train(manifest, out, exclude_patients=exclude_patients, epochs=args.epochs, seed=seed,
+                             accelerator=args.accelerator, overwrite=True,
                              data={"image_size": args.image_size, "seed": args.seed},
-                             trainer={"enable_progress_bar": False}, extra_args=extra)
+                             trainer={"enable_progress_bar": False})
 
     data = {"manifest": str(manifest), "image_size": args.image_size, "seed": args.seed, "selection_fraction": 0.0}
     dm = DicomReportDataModule(**data, cache_rate=0.0)
@@ -129,14 +130,13 @@ def main(argv: list[str] | None = None) -> dict:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - start:7.0f} s] {message}", flush=True)
 
-    original = fit([f"--seed_everything={args.seed}"], root / "original")
+    original = fit(root / "original", args.seed)
     log("original trained")
     retrained: dict[int, list[Path]] = {}
     for i, request in enumerate(files):
         retrained[i] = []
         for k in range(args.retrains):
-            retrained[i].append(fit([f"--seed_everything={args.seed + 100 + k}", f"--data.exclude_patients={request}"],
-                                    root / f"request{i}" / f"retrained{k}"))
+            retrained[i].append(fit(root / f"request{i}" / f"retrained{k}", args.seed + 100 + k, request))
             log(f"request {i}: retrained model {k + 1}/{args.retrains}")
     config = AuditConfig(reference_models=args.reference_models, bootstrap=args.bootstrap, seed=args.seed,
                          reference_dir=str(root / "reference_models"))

@@ -66,10 +66,21 @@ MAX_EXAMPLES = int(os.environ.get("FAULTS_MAX_EXAMPLES", "5"))
 # the uninterrupted run moved the weights from its input checkpoint. A run killed before its first epoch ended
 # restarts from scratch and is bit-equal.
 KILL_TOLERANCE = 0.5
-TINY_MODEL = ["--model.image_width=8", "--model.text_hidden=32", "--model.vocab_size=256", "--model.joint_dim=32",
-              "--model.max_length=48"]
-TINY_DATA = ["--data.image_size=32", "--data.batch_size=8"]
-QUIET = ["--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.logger=false"]
+# the recipe as API arguments (the setup's original model) and as the command-line flags of the runs the campaigns
+# launch and kill (``python -m medforget <verb>`` or ``cli.main`` in a forked worker: the CLI is what they test)
+TINY_MODEL_ARGS = {"image_width": 8, "text_hidden": 32, "vocab_size": 256, "joint_dim": 32, "max_length": 48}
+TINY_DATA_ARGS = {"image_size": 32, "batch_size": 8}
+QUIET_TRAINER = {"accelerator": "cpu", "enable_progress_bar": False, "logger": False}
+
+
+def _flags(group: str, values: dict[str, Any]) -> list[str]:
+    """``{"logger": False}`` under ``trainer`` -> ``["--trainer.logger=false"]`` (as :func:`medforget.api.flags`)."""
+    return [f"--{group}.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
+
+
+TINY_MODEL = _flags("model", TINY_MODEL_ARGS)
+TINY_DATA = _flags("data", TINY_DATA_ARGS)
+QUIET = _flags("trainer", QUIET_TRAINER)
 # full / quick trial counts
 TRIALS = {"dicom_corruptions": (320, 10), "manifest_fuzz": (320, 20), "kills": (20, 2), "disk_full": (40, 4),
           "concurrent_out": (4, 1), "tampered_checkpoints": (None, None)}
@@ -601,8 +612,8 @@ class KillSetup:
         self.data = [f"--data.manifest={hospital}", *TINY_DATA]
         self.train_args = [*self.data, *TINY_MODEL, f"--trainer.max_epochs={epochs}", *QUIET]
         with quiet():
-            self.original = api.train(hospital, work / "original", epochs=1,
-                                      extra_args=[*TINY_DATA, *TINY_MODEL, *QUIET])
+            self.original = api.train(hospital, work / "original", epochs=1, data=TINY_DATA_ARGS,
+                                      model=TINY_MODEL_ARGS, trainer=QUIET_TRAINER)
         # a tiny request (the selection split needs 3+ forget patients): selection on the retain sample and val only
         self.unlearn_args = ["--method=FineTune", f"--ckpt={self.original}", f"--forget={self.forget}", *self.data,
                              "--data.selection_fraction=0", f"--trainer.max_epochs={epochs}",

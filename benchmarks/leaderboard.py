@@ -2,7 +2,8 @@
 
 For every seed: a synthetic hospital (``--patients``, ``--image-size`` px) and one original model. Then
 
-1. **Tuning** (``python -m medforget tune``, the same trial budget ``--trials`` for every method that trains):
+1. **Tuning** (``api.tune``, i.e. ``medforget tune``; the same trial budget ``--trials`` for every method that
+   trains):
    each method is tuned once per seed on a *tuning request*, 5% of the training patients drawn apart from every
    audited request, on validation data only (its forget-selection, retain-sample and val patients, against the
    original). The best settings (``<out>/seed<s>/tune/<method>/best.yaml``) are used for every setting of that seed.
@@ -13,9 +14,9 @@ For every seed: a synthetic hospital (``--patients``, ``--image-size`` px) and o
    the **noise floor**: the same average |gap| between two retrained models), and every method unlearns the original
    with its tuned config. Requests of fewer than 4 patients set no forget patient aside for checkpoint selection
    (``--data.selection_fraction 0``), so the audit keeps all of them.
-3. **Audit**: the ``evaluate`` verb with ``--audit.reference_models K`` (LiRA/RMIA and the per-patient test; one
-   reference set per seed, trained without the 5% request and reused by the nested smaller ones): the three-way
-   verdict and the per-patient pass share.
+3. **Audit**: ``api.evaluate`` (the ``evaluate`` verb) with ``--audit.reference_models K`` (LiRA/RMIA and the
+   per-patient test; one reference set per seed, trained without the 5% request and reused by the nested smaller
+   ones): the three-way verdict and the per-patient pass share.
 
 Rows of ``leaderboard.json`` (one per method and setting, over seeds): ``avg_gap`` (mean |gap| to the retrained model
 over forget AUC, forget F1, test AUC and the patient-level loss-attack MIA AUC; NaN terms, e.g. a forget AUC of a
@@ -44,6 +45,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from multimodal import quiet  # noqa: E402
 
-from medforget.commands import evaluate, train, unlearn  # noqa: E402
-from medforget.commands.base import quiet_lightning as _quiet_lightning  # noqa: E402
-from medforget.commands.tune import tune  # noqa: E402
+from medforget import api  # noqa: E402
 from medforget.core.checkpoint import read_checkpoint  # noqa: E402
 from medforget.datamodules.dicom_report import DicomReportDataModule  # noqa: E402
 from medforget.datamodules.splits import write_patient_ids  # noqa: E402
@@ -113,9 +113,11 @@ def avg_gap(row: dict[str, float], reference: dict[str, float]) -> float:
     return statistics.mean(gaps) if gaps else math.nan
 
 
-def _once(path: Path, verb, args: list[str]) -> Path:
-    """``path`` if it exists (a finished step of an earlier run), else ``verb(args)`` (which writes it)."""
-    return path if path.exists() else verb(args)
+def _once(step: Callable[..., Path], out: Path, **kwargs: Any) -> Path:
+    """``out/model.ckpt`` if it exists (a finished step of an earlier run), else ``step(out=out, **kwargs)`` (an API
+    function, which writes it)."""
+    path = out / "model.ckpt"
+    return path if path.exists() else step(out=out, **kwargs)
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
@@ -124,23 +126,20 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     if not hospital.exists():
         hospital = generate_hospital(root / "hospital", SyntheticConfig(
             num_patients=args.patients, image_size=args.image_size, seed=seed), overwrite=True)
-    data = [f"--data.manifest={hospital}", f"--data.image_size={args.image_size}", f"--data.seed={seed}"]
-    run = [f"--trainer.accelerator={args.accelerator}", "--trainer.enable_progress_bar=false"]
+    data = {"image_size": args.image_size, "seed": seed}
+    run = {"manifest": hospital, "accelerator": args.accelerator, "trainer": {"enable_progress_bar": False}}
     print(f"seed {seed}: original model ({args.patients} patients, {args.image_size} px)", flush=True)
     with quiet(args.quiet):
-        original = _once(root / "original" / "model.ckpt", train,
-                         [*data, *run, f"--trainer.max_epochs={args.epochs}", f"--seed_everything={seed}",
-                          f"--out={root / 'original'}"])
+        original = _once(api.train, root / "original", epochs=args.epochs, seed=seed, data=data, **run)
     dm = DicomReportDataModule(str(hospital), image_size=args.image_size, seed=seed, cache_rate=0.0)
     dm.setup()
     tuning, requests = requests_for(list(set(dm.df.loc[dm.indices["train"], "patient_id"].astype(str))), seed)
     tuning_file = write_patient_ids(tuning, root / "tuning_request.txt")
 
-    def method_flags(method: str) -> list[str]:
+    def method_args(method: str) -> dict[str, Any] | None:
         if method == "RefDistill":  # its own references: K, seed 1000 (not the audit's), cached per seed
-            return [f"--model.init_args.reference_dir={root / 'method_references'}",
-                    f"--model.init_args.num_references={args.method_references}"]
-        return []
+            return {"reference_dir": root / "method_references", "num_references": args.method_references}
+        return None
 
     configs: dict[str, dict[str, Any]] = {}
     for method in args.methods:
@@ -150,9 +149,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
             continue
         start = time.perf_counter()
         with quiet(args.quiet):
-            summary = tune([f"--method={method}", f"--ckpt={original}", f"--forget={tuning_file}", *data, *run,
-                            *method_flags(method), f"--n_trials={args.trials}", f"--sampler_seed={seed}",
-                            f"--out={root / 'tune' / method}"])
+            summary = api.tune(original, tuning_file, method, root / "tune" / method, n_trials=args.trials,
+                               sampler_seed=seed, data=data, method_args=method_args(method), **run)
         configs[method] = {"config": Path(summary["best_yaml"]), "tuned": True, "best_params": summary["best_params"],
                            "validation_score": summary["best_value"],
                            "tuning_seconds": time.perf_counter() - start}
@@ -168,9 +166,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         retrained = []
         for r in range(args.retrains):
             with quiet(args.quiet):
-                retrained.append(_once(base / f"retrained{r}" / "model.ckpt", train, [
-                    *data, *run, f"--trainer.max_epochs={args.epochs}", f"--seed_everything={seed + 1000 * r}",
-                    f"--data.exclude_patients={forget}", f"--out={base / f'retrained{r}'}"]))
+                retrained.append(_once(api.train, base / f"retrained{r}", exclude_patients=forget,
+                                       epochs=args.epochs, seed=seed + 1000 * r, data=data, **run))
         retrain_s = fit_seconds(retrained[0])
         unlearned = {RETRAIN_ROW: retrained[1]}
         if "RefDistill" in args.methods:  # its own references first, so that time_ratio is the unlearning alone
@@ -180,23 +177,24 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
             with quiet(args.quiet):
                 train_method_references(original, request_dm, args.method_references, root / "method_references",
                                         accelerator="gpu" if args.accelerator in ("gpu", "cuda") else "cpu")
+        request_data = {**data, "selection_fraction": selection}
         for method in args.methods:
-            flags = [f"--config={configs[method]['config']}"] if configs[method]["config"] else [f"--method={method}"]
+            config = configs[method]["config"]  # the tuned best.yaml or the method's config names the method
             with quiet(args.quiet):
-                unlearned[method] = _once(base / method / "model.ckpt", unlearn, [
-                    *flags, f"--ckpt={original}", f"--forget={forget}", *data, *run, *method_flags(method),
-                    f"--data.selection_fraction={selection}", f"--seed_everything={seed}", f"--out={base / method}"])
+                unlearned[method] = _once(api.unlearn, base / method, ckpt=original, forget=forget,
+                                          method=None if config else method, config=config, data=request_data,
+                                          method_args=method_args(method), seed=seed, **run)
         for name, path in unlearned.items():
             audit_dir = base / "audit" / name
             if (audit_dir / "audit.json").exists():
                 report = json.loads((audit_dir / "audit.json").read_text())
             else:
                 with quiet(args.quiet):
-                    report = evaluate([f"--original={original}", f"--unlearned={path}", f"--retrained={retrained[0]}",
-                                       f"--forget={forget}", f"--out={audit_dir}", f"--accelerator={args.accelerator}",
-                                       *data, f"--data.selection_fraction={selection}",
-                                       f"--audit.reference_models={args.audit_references}",
-                                       f"--audit.reference_dir={root / 'audit_references'}", "--audit.plots=false"])
+                    report = api.evaluate(forget, original=original, unlearned=path, retrained=retrained[0],
+                                          manifest=hospital, out=audit_dir, accelerator=args.accelerator,
+                                          data=request_data,
+                                          audit={"reference_models": args.audit_references,
+                                                 "reference_dir": root / "audit_references", "plots": False})
             per_patient = (report.get("per_patient") or [{}])[0].get("unlearned", {})
             row = {"seed": seed, "setting": setting, "method": name, "forget_patients": len(request),
                    "audited_forget_patients": report["data"]["parts"]["forget"]["patients"],
@@ -300,7 +298,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args.out = args.out or ROOT / "benchmarks" / "runs" / ("leaderboard_quick" if args.quick else "leaderboard")
     results = args.results or (args.out / "leaderboard.json" if args.quick
                                else ROOT / "benchmarks" / "results" / "leaderboard.json")
-    _quiet_lightning()
+    api.quiet_lightning()
     os.environ.setdefault("MEDFORGET_CACHE", str(args.out / "cache"))
     start = time.perf_counter()
     raw: list[dict[str, Any]] = []

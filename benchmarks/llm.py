@@ -1,8 +1,9 @@
 """LLM unlearning benchmark on the synthetic clinical-notes corpus (issue 6).
 
-One original model (``train-lm``, every patient but the holdout) and one retain-only model (same recipe without the
-forget patients, ``--data.exclude_forget true``); every registered method (FLAT once per divergence) unlearns the
-original through the real ``unlearn-lm`` CLI, once per learning rate of a small grid. Each result is evaluated with
+One original model (``api.train_lm``, every patient but the holdout) and one retain-only model (same recipe without
+the forget patients, ``exclude_forget=True``); every registered method (FLAT once per divergence) unlearns the
+original through ``api.unlearn_lm`` (the ``unlearn-lm`` verb), once per learning rate of a small grid, each run in a
+worker process with its output in ``<run>/unlearn.log``. Each result is evaluated with
 :mod:`medforget.audit.lm` as it is and after 4-bit round-to-nearest quantization (Zhang et al., ICLR 2025).
 
 **Choosing the learning rate without the retain-only model.** A hospital cannot retrain to tune its unlearning run,
@@ -15,8 +16,11 @@ for the reported forget quality, utility ratio and extraction floor.
 The table gives, per method: forget quality (TOFU: KS p-value of the forget truth ratios against the retain-only
 model's; > 0.05 counts as forgotten), model utility (harmonic mean of retain probability, ROUGE-L and truth-ratio
 score) as a ratio to the retain-only model's, the identifier extraction rate (share of forget patients whose MRN or
-date of birth greedy generation emits) before and after 4-bit quantization, MUSE's privleak with Min-K%++ (0 = the
-retain-only model's), and the unlearning wall time as a fraction of the retain-only model's training time.
+date of birth greedy generation emits) before and after 4-bit quantization, MUSE's privleak with Min-K%++
+(:func:`medforget.audit.lm.mia.privleak`, MUSE's convention ``(A_ret - A_unl) / (1 - A_ret) * 100``: 0 = the
+retain-only model's, negative = the forget notes are still recognised (under-unlearned), positive = they stand out as
+less likely than never-seen notes (over-unlearned)), and the unlearning wall time as a fraction of the retain-only
+model's training time.
 
     python benchmarks/llm.py                       # every method, 3 learning rates, on the CPU
     python benchmarks/llm.py --accelerator gpu --jobs 10   # 269 s on one H100 with 16 CPU cores
@@ -29,12 +33,13 @@ Results go to ``--out`` (default ``benchmarks/runs/llm``): ``results.json`` (eve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
-import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -45,7 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# name -> (registered class, extra flags, lr grid)
+# name -> (registered class, the method's own arguments besides lr, lr grid)
 FLAT_DIVERGENCES = ("kl", "js", "pearson", "tv")
 DEFAULT_GRID = [1e-4, 3e-4, 1e-3]
 GRIDS = {
@@ -54,38 +59,87 @@ GRIDS = {
     "FLAT": [3e-5, 1e-4, 3e-4],  # forget data only: 1e-3 collapsed the model in a first trial
 }
 HEADLINE_ATTACK = "min_k_plus_plus"
+PRIVLEAK_NOTE = ("privleak: MUSE's convention (A_ret - A_unl) / (1 - A_ret) * 100 of the Min-K%++ attack AUC A (forget "
+                 "notes vs holdout notes): 0 = the retain-only model, negative = under-unlearned, positive = "
+                 "over-unlearned.")
 
 
-def method_table() -> dict[str, tuple[str, list[str], list[float]]]:
-    """Every registered LM method (FLAT once per divergence) with its flags and learning-rate grid."""
+def method_table() -> dict[str, tuple[str, dict[str, Any], list[float]]]:
+    """Every registered LM method (FLAT once per divergence) with its own arguments and learning-rate grid."""
     import medforget.methods.lm  # noqa: F401  (registers the methods)
     from medforget.methods.lm.base import LMUnlearningMethod
 
-    table: dict[str, tuple[str, list[str], list[float]]] = {}
+    table: dict[str, tuple[str, dict[str, Any], list[float]]] = {}
     for name in sorted(LMUnlearningMethod.registry):
         grid = GRIDS.get(name, DEFAULT_GRID)
         if name == "FLAT":
             for div in FLAT_DIVERGENCES:
-                table[f"FLAT-{div}"] = (name, [f"--model.init_args.divergence={div}"], grid)
+                table[f"FLAT-{div}"] = (name, {"divergence": div}, grid)
         else:
-            table[name] = (name, [], grid)
+            table[name] = (name, {}, grid)
     return table
 
 
-def _run(cmd: list[str], log: Path) -> float:
+@contextlib.contextmanager
+def _logged(log: Path) -> Iterator[None]:
+    """This process's output into ``log``: ``sys.stdout``/``sys.stderr`` and file descriptors 1 and 2 (Lightning's
+    handlers and C extensions)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(log, "w", buffering=1) as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                yield
+    finally:
+        for fd, saved_fd in zip((1, 2), saved, strict=True):
+            os.dup2(saved_fd, fd)
+            os.close(saved_fd)
+
+
+def _run(step: Callable[..., Path], log: Path, **kwargs: Any) -> float:
+    """``step(**kwargs)`` (an API function) with its output in ``log``; its wall time. A failure names the log and
+    shows its tail."""
+    import traceback
+
     start = time.perf_counter()
-    with open(log, "w") as f:
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    if done.returncode != 0:
+    try:
+        with _logged(log):
+            try:
+                step(**kwargs)
+            except Exception:
+                traceback.print_exc()
+                raise
+    except Exception as err:
         tail = log.read_text().splitlines()[-15:]
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (rc {done.returncode}); log {log}:\n" + "\n".join(tail))
+        raise RuntimeError(f"{step.__name__} ({kwargs.get('out')}) failed: {err}; log {log}:\n"
+                           + "\n".join(tail)) from err
     return time.perf_counter() - start
 
 
-def _threads(jobs: int) -> None:
+def train_model(job: dict[str, Any]) -> float:
+    """One of the two trained models (``api.train_lm``, in a worker process); its wall time."""
+    from medforget import api
+
+    out = Path(job["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    return _run(api.train_lm, out / "train.log", out=out, **job["kwargs"])
+
+
+_DEFAULT_THREADS: list[int] = []
+
+
+def _threads(jobs: int | None) -> None:
+    """Torch's threads: the cores shared by ``jobs`` evaluations, or with ``None`` this process's default (as a fresh
+    process has it: ``OMP_NUM_THREADS`` or the cores), which the unlearning runs use, as the trainings they are timed
+    against do."""
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(1, jobs)))
+    if not _DEFAULT_THREADS:
+        _DEFAULT_THREADS.append(torch.get_num_threads())
+    torch.set_num_threads(_DEFAULT_THREADS[0] if jobs is None else max(1, (os.cpu_count() or 2) // max(1, jobs)))
 
 
 def _device(accelerator: str) -> str:
@@ -128,16 +182,17 @@ def evaluate_checkpoint(path: Path, probes_args: dict[str, Any], accelerator: st
 
 
 def unlearn_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
-    """One grid point: ``unlearn-lm`` through the CLI (a subprocess), then the evaluation (in this worker)."""
-    _threads(job["jobs"])
+    """One grid point: ``api.unlearn_lm``, then the evaluation (both in this worker process)."""
+    from medforget import api
+
+    _threads(None)
     out = Path(job["out"])
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "medforget", "unlearn-lm", "--method", job["cls"], f"--ckpt={job['original']}",
-           f"--out={out}", "--overwrite=true", f"--model.init_args.lr={job['lr']}",
-           f"--trainer.max_epochs={job['epochs']}", f"--trainer.accelerator={job['accelerator']}",
-           "--trainer.enable_progress_bar=false", f"--data.batch_size={job['batch_size']}",
-           f"--seed_everything={job['seed']}", *job["data_flags"], *job["flags"]]
-    wall = _run(cmd, out / "unlearn.log")
+    wall = _run(api.unlearn_lm, out / "unlearn.log", ckpt=job["original"], method=job["cls"], out=out,
+                method_args={"lr": job["lr"], **job["method_args"]}, epochs=job["epochs"],
+                accelerator=job["accelerator"], seed=job["seed"], overwrite=True,
+                data={"batch_size": job["batch_size"], **job["data"]}, trainer={"enable_progress_bar": False})
+    _threads(job["jobs"])
     from medforget.systems.lm import load_lm
 
     provenance = load_lm(out / "model.ckpt").provenance
@@ -149,7 +204,8 @@ def unlearn_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
 def summarise(rows: list[dict], reference: dict[str, Any], original: dict[str, Any], min_utility: float) -> tuple[
         list[dict], str]:
     """Choose each method's grid point by the holdout proxy and format the table."""
-    from medforget.audit.lm import forget_quality, privleak
+    from medforget.audit.lm.metrics import forget_quality
+    from medforget.audit.lm.mia import privleak  # MUSE's convention: negative = under-unlearned
 
     retain_ratios = np.asarray(reference["fp"]["forget_truth_ratios"])
     retain_utility = reference["fp"]["metrics"]["model_utility"]
@@ -224,34 +280,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     # the seed draws the forget / holdout patients (split_seed) and seeds training and unlearning
     data = {"num_patients": args.num_patients, "forget_fraction": args.forget_fraction, "split_seed": args.seed}
-    model_flags: list[str] = []
+    model: dict[str, Any] | None = None
     if args.quick:
         data = {"num_patients": 60, "forget_fraction": 0.1, "split_seed": args.seed}
-        model_flags = ["--model.hidden_size=64", "--model.num_layers=2"]
+        model = {"hidden_size": 64, "num_layers": 2}
         args.epochs, args.unlearn_epochs, args.no_tune = 10, 3, True
-    data_flags = [f"--data.{k}={v}" for k, v in data.items()]
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    # 1. the original and the retain-only model (in parallel when --jobs > 1)
-    common = [sys.executable, "-m", "medforget", "train-lm", *data_flags, *model_flags,
-              f"--trainer.max_epochs={args.epochs}", f"--trainer.accelerator={args.accelerator}",
-              "--trainer.enable_progress_bar=false", f"--seed_everything={args.seed}", "--overwrite=true"]
-    targets = {"original": [], "retain": ["--data.exclude_forget=true"]}
+    # 1. the original and the retain-only model, each in a worker process (both at once when --jobs > 1)
+    common = {"data": data, "model": model, "epochs": args.epochs, "accelerator": args.accelerator,
+              "trainer": {"enable_progress_bar": False}, "seed": args.seed, "overwrite": True}
     print(f"training the original and the retain-only model ({args.epochs} epochs)", flush=True)
-    procs = []
-    for name, extra in targets.items():
-        (args.out / name).mkdir(parents=True, exist_ok=True)
-        cmd = [*common, *extra, f"--out={args.out / name}"]
-        if args.jobs > 1:
-            log = open(args.out / name / "train.log", "w")  # noqa: SIM115
-            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log, name))
-        else:
-            _run(cmd, args.out / name / "train.log")
-    for proc, log, name in procs:
-        if proc.wait() != 0:
-            raise SystemExit(f"training the {name} model failed; see {log.name}")
-        log.close()
+    with ProcessPoolExecutor(max_workers=min(2, args.jobs), mp_context=get_context("spawn")) as pool:
+        trainings = {name: pool.submit(train_model, {"out": str(args.out / name),
+                                                     "kwargs": {**common, "exclude_forget": name == "retain"}})
+                     for name in ("original", "retain")}
+        for name, future in trainings.items():
+            try:
+                future.result()
+            except Exception as err:
+                raise SystemExit(f"training the {name} model failed: {err}") from err
 
     from medforget.systems.lm import load_lm
 
@@ -265,11 +314,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # 2. every method x learning rate
     jobs = []
     for name in args.methods:
-        cls, flags, grid = table[name]
+        cls, method_args, grid = table[name]
         for lr in grid[:1] if args.no_tune else grid:
-            jobs.append({"name": name, "cls": cls, "flags": flags, "lr": lr, "epochs": args.unlearn_epochs,
+            jobs.append({"name": name, "cls": cls, "method_args": method_args, "lr": lr, "epochs": args.unlearn_epochs,
                          "batch_size": args.batch_size, "seed": args.seed, "accelerator": args.accelerator,
-                         "jobs": args.jobs, "data_flags": data_flags, "probes": probes,
+                         "jobs": args.jobs, "data": data, "probes": probes,
                          "original": str(args.out / "original" / "model.ckpt"),
                          "out": str(args.out / "unlearned" / f"{name}-lr{lr:g}")})
     rows: list[dict] = []
@@ -292,6 +341,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     order = {j["name"]: i for i, j in enumerate(jobs)}
     rows.sort(key=lambda r: (order[r["method"]], r["lr"]))
     chosen, text = summarise(rows, reference, original, args.min_utility)
+    text += "\n\n" + PRIVLEAK_NOTE
     results = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "original": original, "retain": reference, "runs": rows, "chosen": chosen}
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=float))

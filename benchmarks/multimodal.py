@@ -39,22 +39,22 @@ sys.path.insert(0, str(ROOT))
 
 from medforget import api  # noqa: E402
 from medforget.audit.classifier.measure import evaluate_models  # noqa: E402
-from medforget.commands.base import quiet_lightning  # noqa: E402
 from medforget.core.checkpoint import read_checkpoint  # noqa: E402
 from medforget.core.io import write_json  # noqa: E402
 from medforget.datamodules.dicom_report import DicomReportDataModule  # noqa: E402
 from medforget.datamodules.splits import patient_strata, sample_forget_request, write_patient_ids  # noqa: E402
 from medforget.datamodules.synthetic import SyntheticConfig, generate_hospital  # noqa: E402
 
-# name -> (unlearn config, extra flags, learning-rate grid). Epochs are the config's (trainer.max_epochs).
-METHODS: dict[str, tuple[str, list[str], list[float]]] = {
-    "FineTune": ("finetune.yaml", [], [1e-3, 5e-3]),
-    "GradientAscent": ("gradient_ascent.yaml", [], [1e-5, 5e-5]),
-    "ForgetMI-equal": ("forget_mi.yaml", ["--model.init_args.preset=equal"], [1e-3, 3e-3]),
-    "ForgetMI-unimodal": ("forget_mi.yaml", ["--model.init_args.preset=unimodal"], [1e-3, 3e-3]),
-    "ForgetMI-multimodal": ("forget_mi.yaml", ["--model.init_args.preset=multimodal"], [1e-3, 3e-3]),
-    "ForgetMI-retention": ("forget_mi.yaml", ["--model.init_args.preset=retention"], [1e-3, 3e-3]),
-    "MultiDelete": ("multidelete.yaml", [], [5e-4, 2e-3]),
+# name -> (unlearn config, the method's own arguments besides lr, learning-rate grid). Epochs are the config's
+# (trainer.max_epochs).
+METHODS: dict[str, tuple[str, dict[str, Any], list[float]]] = {
+    "FineTune": ("finetune.yaml", {}, [1e-3, 5e-3]),
+    "GradientAscent": ("gradient_ascent.yaml", {}, [1e-5, 5e-5]),
+    "ForgetMI-equal": ("forget_mi.yaml", {"preset": "equal"}, [1e-3, 3e-3]),
+    "ForgetMI-unimodal": ("forget_mi.yaml", {"preset": "unimodal"}, [1e-3, 3e-3]),
+    "ForgetMI-multimodal": ("forget_mi.yaml", {"preset": "multimodal"}, [1e-3, 3e-3]),
+    "ForgetMI-retention": ("forget_mi.yaml", {"preset": "retention"}, [1e-3, 3e-3]),
+    "MultiDelete": ("multidelete.yaml", {}, [5e-4, 2e-3]),
 }
 RESEEDED = "retrained-reseeded"
 TARGET = ("forget_auc", "forget_f1", "test_auc", "mia_auc")
@@ -96,10 +96,10 @@ def model_row(report: dict[str, Any], name: str) -> dict[str, float]:
 
 
 def run_setting(args, seed: int, fraction: float, hospital: Path, original: Path, root: Path,
-                methods: dict[str, tuple[str, list[str], list[float | None]]] | None = None) -> list[dict]:
+                methods: dict[str, tuple[str, dict[str, Any], list[float | None]]] | None = None) -> list[dict]:
     """Retrain and every method for one (seed, forget fraction); returns one row per model. ``methods`` maps a
-    row name to ``(config file in configs/unlearn, extra flags, lr grid)`` (default :data:`METHODS`); an lr of
-    ``None`` keeps the config's (training-free methods have none)."""
+    row name to ``(config file in configs/unlearn, the method's own arguments, lr grid)`` (default :data:`METHODS`);
+    an lr of ``None`` keeps the config's (training-free methods have none)."""
     methods = METHODS if methods is None else methods
     data = {"image_size": args.image_size, "seed": seed}
     dm = DicomReportDataModule(str(hospital), image_size=args.image_size, seed=seed, cache_rate=0.0)
@@ -122,14 +122,14 @@ def run_setting(args, seed: int, fraction: float, hospital: Path, original: Path
                                                   epochs=args.epochs, seed=seed + 1000, **fixed))
     chosen: dict[str, dict] = {}
     for name in args.methods:
-        config, extra, grid = methods[name]
+        config, own, grid = methods[name]
         candidates = []
         for lr in grid if not args.no_tune else grid[:1]:
             out = root / name / (f"lr{lr:g}" if lr is not None else "default")
             with quiet(args.quiet):
                 path = api.unlearn(original, forget, out=out, config=ROOT / "configs" / "unlearn" / config,
-                                   manifest=hospital, method_args={"lr": lr} if lr is not None else None, seed=seed,
-                                   extra_args=extra, **fixed)
+                                   manifest=hospital, method_args={**own, **({"lr": lr} if lr is not None else {})},
+                                   seed=seed, **fixed)
             selection = read_checkpoint(path)["medforget"]["provenance"]["selection"]
             candidates.append((selection.get("score", math.inf), lr, path, selection))
             score = selection.get("score", math.nan)
@@ -207,7 +207,8 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f}±{statistics.stdev(values):.3f}"
 
 
-def main(argv: list[str] | None = None, methods: dict[str, tuple[str, list[str], list[float | None]]] | None = None,
+def main(argv: list[str] | None = None,
+         methods: dict[str, tuple[str, dict[str, Any], list[float | None]]] | None = None,
          fractions: tuple[float, ...] = (0.03, 0.06, 0.10), sort_by_gap: bool = False, doc: str | None = None,
          out: Path | None = None, script: str = "benchmarks/multimodal.py") -> list[dict]:
     """Run the benchmark; ``methods``/``fractions``/``sort_by_gap`` let other scripts (the leaderboard) reuse it."""
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None, methods: dict[str, tuple[str, list[str],
     args = parser.parse_args(argv)
     if args.quick:
         args.fractions, args.seeds, args.num_patients, args.epochs = [0.06], [0], 120, 8
-    quiet_lightning()
+    api.quiet_lightning()
     os.environ.setdefault("MEDFORGET_CACHE", str(args.out / "cache"))
     np.set_printoptions(precision=3)
 

@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from medforget import commands
+from medforget.commands.base import quiet_lightning as _quiet_lightning
 
 Paths = str | Path | Sequence[str | Path]
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's known harmless warnings (few dataloader workers, few batches, ...) for a caller that also
+    uses the datamodules or models directly; every function here already does so for its own run."""
+    _quiet_lightning()
 
 
 def _value(value: Any) -> str:
@@ -60,11 +67,22 @@ def _paths(value: Paths | None) -> list[str]:
     return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
 
 
-def _run(epochs: int | None, seed: int | None, accelerator: str | None, overwrite: bool) -> list[str]:
-    out = [] if epochs is None else [f"--trainer.max_epochs={epochs}"]
-    out += [] if seed is None else [f"--seed_everything={seed}"]
-    out += [] if accelerator is None else [f"--trainer.accelerator={accelerator}"]
-    return out + [f"--overwrite={_value(overwrite)}"]
+def _given(flag: str, value: Any) -> list[str]:
+    """``[f"--{flag}={value}"]``, or nothing for ``None``."""
+    return [] if value is None else [f"--{flag}={_value(value)}"]
+
+
+def _fit(head: Sequence[str], *, out: str | Path, config: Paths | None, data: Mapping[str, Any] | None,
+         model_group: str, model: Mapping[str, Any] | None, trainer: Mapping[str, Any] | None, epochs: int | None,
+         seed: int | None, accelerator: str | None, overwrite: bool, export_hf: str | Path | None = None,
+         extra_args: Sequence[str] = ()) -> list[str]:
+    """The argv of a verb that fits something (``train``, ``unlearn``, ``train-lm``, ``unlearn-lm``): config files,
+    the verb's own ``head`` flags, ``--data.*``, ``--<model_group>.*``, ``--trainer.*``, the run flags, ``--out`` and
+    ``extra_args`` last (so they win)."""
+    return [*_configs(config), *head, *flags("data", data), *flags(model_group, model), *flags("trainer", trainer),
+            *_given("trainer.max_epochs", epochs), *_given("seed_everything", seed),
+            *_given("trainer.accelerator", accelerator), f"--overwrite={_value(overwrite)}",
+            *_given("export_hf", export_hf), f"--out={out}", *extra_args]
 
 
 def train(
@@ -106,12 +124,11 @@ def train(
     Returns:
         The exported checkpoint.
     """
-    argv = [*_configs(config), *([f"--data.manifest={manifest}"] if manifest is not None else []),
-            *([f"--data.exclude_patients={exclude_patients}"] if exclude_patients is not None else []),
-            *([f"--shards={shards}", f"--slices={slices}"] if shards is not None else []),
-            *flags("data", data), *flags("model", model), *flags("trainer", trainer),
-            *_run(epochs, seed, accelerator, overwrite), f"--out={out}", *extra_args]
-    return commands.train(argv)
+    head = [*_given("data.manifest", manifest), *_given("data.exclude_patients", exclude_patients),
+            *([f"--shards={shards}", f"--slices={slices}"] if shards is not None else [])]
+    return commands.train(_fit(head, out=out, config=config, data=data, model_group="model", model=model,
+                               trainer=trainer, epochs=epochs, seed=seed, accelerator=accelerator,
+                               overwrite=overwrite, extra_args=extra_args))
 
 
 def unlearn(
@@ -154,12 +171,10 @@ def unlearn(
     Returns:
         The exported unlearned checkpoint.
     """
-    argv = [*_configs(config), *([f"--method={method}"] if method is not None else []), f"--ckpt={ckpt}",
-            f"--forget={forget}",
-            *([f"--data.manifest={manifest}"] if manifest is not None else []), *flags("data", data),
-            *flags("model.init_args", method_args), *flags("trainer", trainer),
-            *_run(epochs, seed, accelerator, overwrite), f"--out={out}", *extra_args]
-    return commands.unlearn(argv)
+    head = [*_given("method", method), f"--ckpt={ckpt}", f"--forget={forget}", *_given("data.manifest", manifest)]
+    return commands.unlearn(_fit(head, out=out, config=config, data=data, model_group="model.init_args",
+                                 model=method_args, trainer=trainer, epochs=epochs, seed=seed,
+                                 accelerator=accelerator, overwrite=overwrite, extra_args=extra_args))
 
 
 def evaluate(
@@ -202,10 +217,9 @@ def evaluate(
     for name, paths in (("original", original), ("unlearned", unlearned), ("retrained", retrained)):
         if paths is not None:
             argv += [f"--{name}", *_paths(paths)]
-    argv += ["--forget", *_paths(forget), *([f"--data.manifest={manifest}"] if manifest is not None else []),
-             *flags("data", data), *flags("audit", audit), *flags("tolerances", tolerances), f"--out={out}",
-             *([f"--accelerator={accelerator}"] if accelerator is not None else []),
-             *([f"--salt_file={salt_file}"] if salt_file is not None else []), *extra_args]
+    argv += ["--forget", *_paths(forget), *_given("data.manifest", manifest), *flags("data", data),
+             *flags("audit", audit), *flags("tolerances", tolerances), f"--out={out}",
+             *_given("accelerator", accelerator), *_given("salt_file", salt_file), *extra_args]
     return commands.evaluate(argv)
 
 
@@ -243,10 +257,10 @@ def train_lm(
     Returns:
         The exported checkpoint.
     """
-    argv = [*_configs(config), *(["--data.exclude_forget=true"] if exclude_forget else []), *flags("data", data),
-            *flags("model", model), *flags("trainer", trainer), *_run(epochs, seed, accelerator, overwrite),
-            *([f"--export_hf={export_hf}"] if export_hf is not None else []), f"--out={out}", *extra_args]
-    return commands.train_lm(argv)
+    head = ["--data.exclude_forget=true"] if exclude_forget else []
+    return commands.train_lm(_fit(head, out=out, config=config, data=data, model_group="model", model=model,
+                                  trainer=trainer, epochs=epochs, seed=seed, accelerator=accelerator,
+                                  overwrite=overwrite, export_hf=export_hf, extra_args=extra_args))
 
 
 def unlearn_lm(
@@ -289,12 +303,11 @@ def unlearn_lm(
     Returns:
         The exported unlearned checkpoint.
     """
-    argv = [*_configs(config), *([f"--method={method}"] if method is not None else []), f"--ckpt={ckpt}",
-            *([f"--forget={forget}"] if forget is not None else []), *flags("data", data),
-            *flags("model.init_args", method_args), *flags("trainer", trainer),
-            *_run(epochs, seed, accelerator, overwrite),
-            *([f"--export_hf={export_hf}"] if export_hf is not None else []), f"--out={out}", *extra_args]
-    return commands.unlearn_lm(argv)
+    head = [*_given("method", method), f"--ckpt={ckpt}", *_given("forget", forget)]
+    return commands.unlearn_lm(_fit(head, out=out, config=config, data=data, model_group="model.init_args",
+                                    model=method_args, trainer=trainer, epochs=epochs, seed=seed,
+                                    accelerator=accelerator, overwrite=overwrite, export_hf=export_hf,
+                                    extra_args=extra_args))
 
 
 def evaluate_lm(
@@ -330,9 +343,8 @@ def evaluate_lm(
         The audit report (as written to ``lm_audit.json``).
     """
     argv = [*_configs(config), f"--original={original}", f"--unlearned={unlearned}", f"--retain={retain}",
-            *([f"--forget={forget}"] if forget is not None else []), *flags("data", data), *flags("audit", audit),
-            *flags("tolerances", tolerances), *([f"--salt_file={salt_file}"] if salt_file is not None else []),
-            f"--out={out}", *extra_args]
+            *_given("forget", forget), *flags("data", data), *flags("audit", audit),
+            *flags("tolerances", tolerances), *_given("salt_file", salt_file), f"--out={out}", *extra_args]
     return commands.evaluate_lm(argv)
 
 
@@ -346,12 +358,15 @@ def tune(
     objective: str | None = None,
     sampler_seed: int = 0,
     pruner: str = "median",
+    max_epochs_high: int | None = None,
+    timeout: float | None = None,
     manifest: str | Path | None = None,
+    method_args: Mapping[str, Any] | None = None,
     data: Mapping[str, Any] | None = None,
     trainer: Mapping[str, Any] | None = None,
     seed: int | None = None,
     accelerator: str | None = None,
-    config: Paths | None = None,
+    config: str | Path | None = None,
     extra_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Search an unlearning method's settings with Optuna on validation data only (``medforget tune``).
@@ -365,25 +380,31 @@ def tune(
         objective: Validation score to minimise (default ``val/selection_score``; never a test-split score).
         sampler_seed: Seed of the TPE sampler.
         pruner: ``median`` or ``none``.
+        max_epochs_high: Largest ``trainer.max_epochs`` tried (default: twice the config's, at least 2).
+        timeout: Stop starting trials after this many seconds.
         manifest: The manifest the checkpoint was trained on.
-        data: ``--data.*``.
-        trainer: ``--trainer.*``.
+        method_args: The method's own arguments that are not searched (``--model.init_args.*`` of every trial, e.g.
+            RefDistill's ``{"reference_dir": ..., "num_references": 4}``); a searched knob here is overridden by the
+            sampled value.
+        data: ``--data.*`` of every trial.
+        trainer: ``--trainer.*`` of every trial.
         seed: ``--seed_everything`` of every trial.
         accelerator: ``--trainer.accelerator``.
-        config: The method's YAML config (e.g. ``configs/unlearn/scrub.yaml``).
+        config: The method's YAML config (e.g. ``configs/unlearn/scrub.yaml``; one file: the search is centred on
+            its values and ``best.yaml`` extends it).
         extra_args: Further flags passed to every trial's ``unlearn``.
 
     Returns:
         The best parameters, value and output paths.
     """
-    argv = [*([f"--method={method}"] if method is not None else []),
-            *([f"--config={config}"] if isinstance(config, (str, Path)) else []),
-            f"--out={out}", f"--n_trials={n_trials}", f"--sampler_seed={sampler_seed}", f"--pruner={pruner}",
-            *([f"--objective={objective}"] if objective is not None else []),
-            f"--ckpt={ckpt}", f"--forget={forget}", *([f"--data.manifest={manifest}"] if manifest is not None else []),
-            *flags("data", data), *flags("trainer", trainer),
-            *([f"--seed_everything={seed}"] if seed is not None else []),
-            *([f"--trainer.accelerator={accelerator}"] if accelerator is not None else []), *extra_args]
+    if config is not None and not isinstance(config, (str, Path)):
+        raise TypeError(f"api.tune takes one config file (the method's, which best.yaml extends), got {config!r}")
+    argv = [*_given("method", method), *_given("config", config), f"--out={out}", f"--n_trials={n_trials}",
+            f"--sampler_seed={sampler_seed}", f"--pruner={pruner}", *_given("objective", objective),
+            *_given("max_epochs_high", max_epochs_high), *_given("timeout", timeout),
+            f"--ckpt={ckpt}", f"--forget={forget}", *_given("data.manifest", manifest), *flags("data", data),
+            *flags("model.init_args", method_args), *flags("trainer", trainer), *_given("seed_everything", seed),
+            *_given("trainer.accelerator", accelerator), *extra_args]
     return commands.tune(argv)
 
 

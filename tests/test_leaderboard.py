@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -74,10 +75,22 @@ def test_requests_are_nested_and_apart_from_the_tuning_request():
 
 @pytest.mark.skipif(not os.environ.get("MEDFORGET_BENCHMARK_TESTS"),
                     reason="the --quick leaderboard takes minutes on 2 cores; set MEDFORGET_BENCHMARK_TESTS=1")
-def test_quick_leaderboard(tmp_path):
+def test_quick_leaderboard(tmp_path, monkeypatch):
     rows = leaderboard.main(["--quick", f"--out={tmp_path}"])
     assert {r["method"] for r in rows} == {"FineTune", "RefDistill", "Retrain"}
     for row in rows:
         assert KEYS <= set(row) and row["setting"] == "5pct" and row["patients"] == 120
         assert row["pass"] + row["inconclusive"] + row["fail"] == 1
     assert (tmp_path / "leaderboard.json").exists() and (tmp_path / "table.md").exists()
+
+    # a rerun with the same --out reuses every model and audit (the studies are complete: tune runs no trial)
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished step ran again")
+
+    for name in ("train", "unlearn", "evaluate"):
+        monkeypatch.setattr(leaderboard.api, name, refuse)
+    again = leaderboard.main(["--quick", f"--out={tmp_path}"])
+    def kept(table):  # as JSON (NaN == NaN); without the (resumed, empty) study's wall time
+        return json.dumps([{k: v for k, v in r.items() if k != "tuning_time_ratio"} for r in table], default=str)
+
+    assert kept(again) == kept(rows)
