@@ -68,6 +68,38 @@ def test_explicit_references_teach_the_forget_patients(trained_ckpt, forget_file
     assert forget_kl() < before, "distillation did not move the forget outputs towards the references"
 
 
+@pytest.mark.parametrize("heads", ["all", "fused"])
+def test_the_loss_distils_every_head(trained_ckpt, forget_file, tiny_datamodule_kwargs, reference_set, tmp_path,
+                                     heads):
+    method = RefDistill(ckpt=str(trained_ckpt), reference_checkpoints=[str(p) for p in reference_set],
+                        temperature=2.0, forget_weight=1.5, retain_kl_weight=0.7, retain_ce_weight=0.3, heads=heads)
+    dm = _dm(forget_file, tiny_datamodule_kwargs)
+    _fit(method, dm, tmp_path, steps=1)
+    method.eval()
+    forget, retain = next(method.part_batches(keys.FORGET)), next(method.part_batches(keys.RETAIN))
+    refs = [load_classifier(p).net.eval() for p in reference_set]
+    with torch.no_grad():
+        student_f, student_r, teacher_r = method(forget), method(retain), method.teacher(retain)
+        names = list(student_f) if heads == "all" else ["fused"]
+        assert heads == "fused" or set(names) == {"fused", "image", "text"}
+        terms = {"forget_kl": [], "retain_kl": [], "retain_ce": []}
+        for h in names:  # hand computation, head by head
+            target = torch.stack([F.softmax(r(forget)[h] / 2.0, -1) for r in refs]).mean(0)
+            terms["forget_kl"].append(4.0 * F.kl_div(F.log_softmax(student_f[h] / 2.0, -1), target,
+                                                     reduction="batchmean"))
+            terms["retain_kl"].append(4.0 * F.kl_div(F.log_softmax(student_r[h] / 2.0, -1),
+                                                     F.softmax(teacher_r[h] / 2.0, -1), reduction="batchmean"))
+            terms["retain_ce"].append(F.cross_entropy(student_r[h], retain[keys.LABEL]))
+        expected = {k: torch.stack(v).mean() for k, v in terms.items()}
+        losses = method.unlearning_loss(forget, retain)
+    for k, v in expected.items():
+        assert float(losses[k]) == pytest.approx(float(v), rel=1e-4, abs=1e-6), k
+    total = 1.5 * expected["forget_kl"] + 0.7 * expected["retain_kl"] + 0.3 * expected["retain_ce"]
+    assert float(losses["loss"]) == pytest.approx(float(total), rel=1e-4)
+    with pytest.raises(ValueError, match="heads"):
+        RefDistill(heads="image")
+
+
 def test_references_that_saw_a_forget_patient_are_refused(trained_ckpt, forget_file, tiny_datamodule_kwargs,
                                                           reference_set, tmp_path):
     folder = tmp_path / "leaky"
