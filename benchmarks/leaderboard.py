@@ -31,9 +31,10 @@ unlearning runs and reused by every setting of a seed, as ``reference_time_ratio
     python benchmarks/leaderboard.py --quick          # 120 patients, FineTune + RefDistill, 1 seed, 5%: a smoke run
     python benchmarks/leaderboard.py --methods RefDistill SCRUB --seeds 0 1 2 --settings 5pct
 
-A rerun with the same ``--out`` reuses every finished model, study and audit. The full run writes
-``benchmarks/results/leaderboard.json`` (``--quick`` writes ``<out>/leaderboard.json`` only), ``<out>/table.md`` and
-``<out>/raw.json`` (every audited model).
+A rerun with the same ``--out`` reuses every finished model, study and audit; ``--collect`` runs nothing and
+tabulates the audits finished so far (what is missing is listed in ``table.md`` and in each row's ``missing``).
+The full run writes ``benchmarks/results/leaderboard.json`` (``--quick`` writes ``<out>/leaderboard.json`` only),
+``<out>/table.md`` and ``<out>/raw.json`` (every audited model).
 """
 
 from __future__ import annotations
@@ -147,13 +148,12 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         if get_method(method).one_shot:
             configs[method] = {"config": config, "tuned": False, "tuning_seconds": 0.0}
             continue
-        start = time.perf_counter()
         with quiet(args.quiet):
             summary = api.tune(original, tuning_file, method, root / "tune" / method, n_trials=args.trials,
                                sampler_seed=seed, data=data, method_args=method_args(method), **run)
         configs[method] = {"config": Path(summary["best_yaml"]), "tuned": True, "best_params": summary["best_params"],
                            "validation_score": summary["best_value"],
-                           "tuning_seconds": time.perf_counter() - start}
+                           "tuning_seconds": tuning_seconds(summary["trials_csv"])}
         print(f"  tuned {method}: {args.trials} trials, best validation score {summary['best_value']:.4f} "
               f"{summary['best_params']}", flush=True)
 
@@ -170,7 +170,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
                                        epochs=args.epochs, seed=seed + 1000 * r, data=data, **run))
         retrain_s = fit_seconds(retrained[0])
         unlearned = {RETRAIN_ROW: retrained[1]}
-        if "RefDistill" in args.methods:  # its own references first, so that time_ratio is the unlearning alone
+        # its own references first, so that time_ratio is the unlearning alone
+        if "RefDistill" in methods_at(args, setting):
             request_dm = DicomReportDataModule(str(hospital), mode="unlearn", forget=str(forget),
                                                image_size=args.image_size, seed=seed, selection_fraction=selection)
             request_dm.setup("fit")
@@ -178,7 +179,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
                 train_method_references(original, request_dm, args.method_references, root / "method_references",
                                         accelerator="gpu" if args.accelerator in ("gpu", "cuda") else "cpu")
         request_data = {**data, "selection_fraction": selection}
-        for method in args.methods:
+        for method in methods_at(args, setting):
             config = configs[method]["config"]  # the tuned best.yaml or the method's config names the method
             with quiet(args.quiet):
                 unlearned[method] = _once(api.unlearn, base / method, ckpt=original, forget=forget,
@@ -195,25 +196,78 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
                                           data=request_data,
                                           audit={"reference_models": args.audit_references,
                                                  "reference_dir": root / "audit_references", "plots": False})
-            per_patient = (report.get("per_patient") or [{}])[0].get("unlearned", {})
-            row = {"seed": seed, "setting": setting, "method": name, "forget_patients": len(request),
-                   "audited_forget_patients": report["data"]["parts"]["forget"]["patients"],
-                   "verdict": report["verdict"], "per_patient_pass_share": per_patient.get("pass_share", math.nan),
-                   "unlearned": model_row(report, "unlearned"), "retrained": model_row(report, "retrained"),
-                   "time_ratio": 1.0 if name == RETRAIN_ROW else fit_seconds(path) / retrain_s,
-                   "tuning_time_ratio": configs.get(name, {}).get("tuning_seconds", 0.0) / retrain_s,
-                   "tuned": configs.get(name, {}).get("tuned", False),
-                   "best_params": configs.get(name, {}).get("best_params")}
-            if name == "RefDistill":
-                row["reference_time_ratio"] = sum(fit_seconds(p) for p in (root / "method_references").glob(
-                    "*/model_*.ckpt")) / retrain_s
-            row["avg_gap"] = avg_gap(row["unlearned"], row["retrained"])
-            row["retain_acc_gap"] = abs(row["unlearned"]["retain_acc"] - row["retrained"]["retain_acc"])
+            row = make_row(report, seed, setting, name, len(request), path, retrain_s, configs.get(name, {}), root)
             raw.append(row)
-            print(f"  {setting:<9} {name:<16} avg|gap| {row['avg_gap']:.3f}  verdict {row['verdict']:<12} "
-                  f"per-patient pass {row['per_patient_pass_share']:.2f}  time/retrain {row['time_ratio']:.3f}",
-                  flush=True)
+            print_row(row)
     return raw
+
+
+def methods_at(args: argparse.Namespace, setting: str) -> list[str]:
+    """The methods run at ``setting``: ``--methods``, or ``--small-methods`` at the 1pct and 1patient settings."""
+    return args.methods if setting == "5pct" or not args.small_methods else args.small_methods
+
+
+def print_row(row: dict[str, Any]) -> None:
+    print(f"  {row['setting']:<9} {row['method']:<16} avg|gap| {row['avg_gap']:.3f}  verdict {row['verdict']:<12} "
+          f"per-patient pass {row['per_patient_pass_share']:.2f}  time/retrain {row['time_ratio']:.3f}", flush=True)
+
+
+def tuning_seconds(trials_csv: str | Path) -> float:
+    """The study's own tuning time: the sum of its trials' durations (a resumed study counts every trial once)."""
+    import csv
+
+    with open(trials_csv) as f:
+        return float(sum(float(r.get("user_attrs_seconds") or 0.0) for r in csv.DictReader(f)))
+
+
+def make_row(report: dict[str, Any], seed: int, setting: str, name: str, forget_patients: int, path: Path,
+             retrain_s: float, config: dict[str, Any], root: Path) -> dict[str, Any]:
+    """One audited model's row of ``raw.json``."""
+    per_patient = (report.get("per_patient") or [{}])[0].get("unlearned", {})
+    row = {"seed": seed, "setting": setting, "method": name, "forget_patients": forget_patients,
+           "audited_forget_patients": report["data"]["parts"]["forget"]["patients"],
+           "verdict": report["verdict"], "per_patient_pass_share": per_patient.get("pass_share", math.nan),
+           "unlearned": model_row(report, "unlearned"), "retrained": model_row(report, "retrained"),
+           "time_ratio": 1.0 if name == RETRAIN_ROW else fit_seconds(path) / retrain_s,
+           "tuning_time_ratio": config.get("tuning_seconds", 0.0) / retrain_s,
+           "tuned": config.get("tuned", False), "best_params": config.get("best_params")}
+    if name == "RefDistill":
+        row["reference_time_ratio"] = sum(fit_seconds(p) for p in (root / "method_references").glob(
+            "*/model_*.ckpt")) / retrain_s
+    row["avg_gap"] = avg_gap(row["unlearned"], row["retrained"])
+    row["retain_acc_gap"] = abs(row["unlearned"]["retain_acc"] - row["retrained"]["retain_acc"])
+    return row
+
+
+def collect_seed(args: argparse.Namespace, seed: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """``--collect``: the rows of every model of seed ``seed`` whose audit has finished, running nothing; and the
+    (setting, method) steps still missing."""
+    root = args.out / f"seed{seed}"
+    configs: dict[str, dict[str, Any]] = {}
+    for method in args.methods:
+        summary = root / "tune" / method / "tune.json"
+        if summary.exists():
+            tuned = json.loads(summary.read_text())
+            configs[method] = {"tuned": True, "best_params": tuned.get("best_params"),
+                               "tuning_seconds": tuning_seconds(tuned["trials_csv"])}
+    raw, missing = [], []
+    for setting in args.settings:
+        base = root / setting
+        if not (base / "retrained0" / "model.ckpt").exists() or not (base / "forget.txt").exists():
+            missing.append(f"seed {seed} {setting} all (no retrained model yet)")
+            continue
+        retrain_s = fit_seconds(base / "retrained0" / "model.ckpt")
+        request = (base / "forget.txt").read_text().split()
+        for name in (RETRAIN_ROW, *methods_at(args, setting)):
+            audit = base / "audit" / name / "audit.json"
+            if not audit.exists():
+                missing.append(f"seed {seed} {setting} {name}")
+                continue
+            path = base / ("retrained1" if name == RETRAIN_ROW else name) / "model.ckpt"
+            raw.append(make_row(json.loads(audit.read_text()), seed, setting, name, len(request), path, retrain_s,
+                                configs.get(name, {}), root))
+            print_row(raw[-1])
+    return raw, missing
 
 
 def _nanmean(values: list[float]) -> float:
@@ -274,6 +328,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    parser.add_argument("--small-methods", nargs="+", default=None,
+                        help="methods run at the 1pct and 1patient settings (default: --methods), e.g. the best at 5%%")
     parser.add_argument("--trials", type=int, default=10, help="tuning trials per method and seed (fixed budget)")
     parser.add_argument("--retrains", type=int, default=2, help="retrained models per seed and setting (>= 2)")
     parser.add_argument("--audit-references", type=int, default=4, help="the audit's K reference models")
@@ -281,6 +337,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--quick", action="store_true",
                         help="120 patients, 8 epochs, FineTune + RefDistill, seed 0, 5%% only, 2 trials, K=2")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: tabulate the audits already finished under --out and list what is missing")
     parser.add_argument("--verbose", dest="quiet", action="store_false", help="show Lightning's output")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default benchmarks/runs/leaderboard)")
     parser.add_argument("--results", type=Path, default=None,
@@ -291,8 +349,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.methods = args.methods or ["FineTune", "RefDistill"]
         args.trials, args.audit_references, args.method_references = 2, 2, 2
     args.methods = args.methods or list_methods()
-    for method in args.methods:
+    for method in args.methods + (args.small_methods or []):
         get_method(method)
+    if args.small_methods and not set(args.small_methods) <= set(args.methods):
+        parser.error("--small-methods must be a subset of --methods (they are tuned once per seed)")
     if args.retrains < 2:
         parser.error("--retrains must be >= 2 (the noise floor is the gap between two retrained models)")
     args.out = args.out or ROOT / "benchmarks" / "runs" / ("leaderboard_quick" if args.quick else "leaderboard")
@@ -302,16 +362,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     os.environ.setdefault("MEDFORGET_CACHE", str(args.out / "cache"))
     start = time.perf_counter()
     raw: list[dict[str, Any]] = []
+    missing: list[str] = []
     for seed in args.seeds:
-        raw += run_seed(args, seed)
+        if args.collect:
+            rows_of_seed, missing_of_seed = collect_seed(args, seed)
+            raw, missing = raw + rows_of_seed, missing + missing_of_seed
+        else:
+            raw += run_seed(args, seed)
         _write(args.out / "raw.json", json.dumps(raw, indent=1, default=str))
     rows = leaderboard(raw, args.patients, args.image_size)
+    for row in rows:
+        row["missing"] = [m for m in missing if m.split()[2:4] in ([row["setting"], row["method"]],
+                                                                    [row["setting"], "all"])]
     seconds = time.perf_counter() - start
     command = "python benchmarks/leaderboard.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"Command: `{command.strip()}`  \nWall time {seconds:.0f} s; {args.patients} patients, "
               f"{args.image_size}x{args.image_size} px, {args.epochs} training epochs, seeds {args.seeds}, "
               f"{args.retrains} retrains per seed, {args.trials} tuning trials per method, audit K="
-              f"{args.audit_references}, accelerator {args.accelerator}.")
+              f"{args.audit_references}, accelerator {args.accelerator}."
+              + (f"  \nNot finished (left out of the rows): {'; '.join(missing)}." if missing else ""))
     _write(results, json.dumps(rows, indent=1, default=str) + "\n")
     _write(args.out / "table.md", header + "\n\n" + table(rows) + "\n")
     print("\n" + header + "\n\n" + table(rows) + f"\n\nwrote {results}", flush=True)
