@@ -98,15 +98,17 @@ def requests_for(train_patients: list[str], seed: int) -> tuple[list[str], dict[
 
 
 def model_row(report: dict[str, Any], name: str) -> dict[str, float]:
+    """The row's metrics of one model; an undefined one (``NaN`` in memory, ``null`` in ``audit.json``) is NaN."""
     result = report["runs"][0]["models"][name]
     metrics = result["metrics"]
-    return {
+    values = {
         "forget_auc": metrics["forget"]["fused"]["auc"],
         "forget_f1": metrics["forget"]["fused"]["f1"],
         "test_auc": metrics["test"]["fused"]["auc"],
         "retain_acc": metrics["retain"]["fused"]["accuracy"],
         "patient_mia_auc": result["mia"]["LossAttack"]["patient_auc"],
     }
+    return {k: math.nan if v is None else float(v) for k, v in values.items()}
 
 
 def avg_gap(row: dict[str, float], reference: dict[str, float]) -> float:
