@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
@@ -45,7 +44,6 @@ def main(argv: list[str] | None = None) -> dict:
     demo = args.demo
     if not (demo / "demo.json").exists() or not (demo / "original" / "model.ckpt").exists():
         parser.error(f"--demo {demo}: not a finished demo run (no demo.json / original/model.ckpt)")
-    json.loads((demo / "demo.json").read_text())
     data = read_checkpoint(demo / "original" / "model.ckpt")["medforget"]["provenance"]["data"]
     image_size, seed = int(data["image_size"]), int(data["seed"])
     manifest = demo / "hospital" / "manifest.csv"
@@ -59,19 +57,20 @@ def main(argv: list[str] | None = None) -> dict:
     if set(map(str, request)) & demo_request:
         raise RuntimeError("the tuning request overlaps the demo's request")
     tuning = write_patient_ids(request, demo / "tuning_request.txt")
-    extra = [f"--max_epochs_high={args.max_epochs_high}"]
-    if args.method == "RefDistill":
-        extra += ["--model.init_args.num_references=2", f"--model.init_args.reference_dir={demo / 'tune_references'}"]
+    fixed = ({"num_references": 2, "reference_dir": str(demo / "tune_references")} if args.method == "RefDistill"
+             else None)
     summary = api.tune(demo / "original" / "model.ckpt", tuning, args.method, demo / f"tune_{args.method}",
-                       n_trials=args.trials, sampler_seed=0, manifest=manifest,
-                       data={"image_size": image_size, "seed": seed}, accelerator="cpu", seed=seed,
-                       config=ROOT / "configs" / "unlearn" / CONFIGS[args.method], extra_args=extra)
-    trials = list(csv.DictReader(open(summary["trials_csv"])))
+                       n_trials=args.trials, sampler_seed=0, max_epochs_high=args.max_epochs_high, manifest=manifest,
+                       method_args=fixed, data={"image_size": image_size, "seed": seed}, accelerator="cpu",
+                       seed=seed, config=ROOT / "configs" / "unlearn" / CONFIGS[args.method])
+    with open(summary["trials_csv"]) as f:
+        trials = list(csv.DictReader(f))
     result = {"command": "python benchmarks/demo_tuning.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "purpose": "the demo's unlearning settings (medforget.demo.DEMO_SETTINGS)", "method": args.method,
               "demo_seed": seed, "tuning_request_patients": len(request), "demo_request_patients": len(demo_request),
-              "extra_args": extra, **{k: summary.get(k) for k in ("objective", "best_value", "best_params",
-                                                                  "best_trial", "complete", "pruned")},
+              "max_epochs_high": args.max_epochs_high, "method_args": fixed,
+              **{k: summary.get(k) for k in ("objective", "best_value", "best_params", "best_trial", "complete",
+                                             "pruned")},
               "trials": [{k: v for k, v in r.items() if k != "user_attrs_run_dir"} for r in trials]}
     write_json(result, args.results)
     print(f"best {summary['best_params']} (validation score {summary['best_value']:.4f}) -> {args.results}")
