@@ -40,6 +40,7 @@ The full run writes ``benchmarks/results/leaderboard.json`` (``--quick`` writes 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -216,8 +217,6 @@ def print_row(row: dict[str, Any]) -> None:
 
 def tuning_seconds(trials_csv: str | Path) -> float:
     """The study's own tuning time: the sum of its trials' durations (a resumed study counts every trial once)."""
-    import csv
-
     with open(trials_csv) as f:
         return float(sum(float(r.get("user_attrs_seconds") or 0.0) for r in csv.DictReader(f)))
 
@@ -241,9 +240,9 @@ def make_row(report: dict[str, Any], seed: int, setting: str, name: str, forget_
     return row
 
 
-def collect_seed(args: argparse.Namespace, seed: int) -> tuple[list[dict[str, Any]], list[str]]:
+def collect_seed(args: argparse.Namespace, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``--collect``: the rows of every model of seed ``seed`` whose audit has finished, running nothing; and the
-    (setting, method) steps still missing."""
+    steps still missing, ``{"seed", "setting", "method"}`` (``method`` ``None``: the whole setting)."""
     root = args.out / f"seed{seed}"
     configs: dict[str, dict[str, Any]] = {}
     for method in args.methods:
@@ -256,14 +255,14 @@ def collect_seed(args: argparse.Namespace, seed: int) -> tuple[list[dict[str, An
     for setting in args.settings:
         base = root / setting
         if not (base / "retrained0" / "model.ckpt").exists() or not (base / "forget.txt").exists():
-            missing.append(f"seed {seed} {setting} all (no retrained model yet)")
+            missing.append({"seed": seed, "setting": setting, "method": None})
             continue
         retrain_s = fit_seconds(base / "retrained0" / "model.ckpt")
         request = (base / "forget.txt").read_text().split()
         for name in (RETRAIN_ROW, *methods_at(args, setting)):
             audit = base / "audit" / name / "audit.json"
             if not audit.exists():
-                missing.append(f"seed {seed} {setting} {name}")
+                missing.append({"seed": seed, "setting": setting, "method": name})
                 continue
             path = base / ("retrained1" if name == RETRAIN_ROW else name) / "model.ckpt"
             raw.append(make_row(json.loads(audit.read_text()), seed, setting, name, len(request), path, retrain_s,
@@ -272,9 +271,20 @@ def collect_seed(args: argparse.Namespace, seed: int) -> tuple[list[dict[str, An
     return raw, missing
 
 
+def missing_text(step: dict[str, Any]) -> str:
+    what = step["method"] or "all (no retrained model yet)"
+    return f"seed {step['seed']} {step['setting']} {what}"
+
+
 def _nanmean(values: list[float]) -> float:
     values = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.mean(values) if values else math.nan
+
+
+def _span(values: list[float | None]) -> list[float]:
+    """``[min, max]`` over seeds of the finite values (NaN, NaN when none): the spread the mean hides."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return [min(values), max(values)] if values else [math.nan, math.nan]
 
 
 def leaderboard(raw: list[dict[str, Any]], patients: int, image_size: int) -> list[dict[str, Any]]:
@@ -287,8 +297,12 @@ def leaderboard(raw: list[dict[str, Any]], patients: int, image_size: int) -> li
             mine = [r for r in at if r["method"] == method]
             gap, floor = _nanmean([r["avg_gap"] for r in mine]), _nanmean([floors.get(r["seed"]) for r in mine])
             verdicts = [r["verdict"].lower() for r in mine]
+            per_seed = [r["avg_gap"] / floors[r["seed"]] for r in mine if floors.get(r["seed"])]
             row = {"method": method, "setting": setting, "avg_gap": gap, "noise_floor": floor,
                    "gap_over_floor": gap / floor if floor and not math.isnan(floor) else math.nan,
+                   "avg_gap_range": _span([r["avg_gap"] for r in mine]),
+                   "noise_floor_range": _span([floors.get(r["seed"]) for r in mine]),
+                   "gap_over_floor_range": _span(per_seed),
                    "retain_acc_gap": _nanmean([r["retain_acc_gap"] for r in mine]),
                    "time_ratio": _nanmean([r["time_ratio"] for r in mine]),
                    "pass": verdicts.count("pass"), "inconclusive": verdicts.count("inconclusive"),
@@ -305,12 +319,17 @@ def leaderboard(raw: list[dict[str, Any]], patients: int, image_size: int) -> li
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| setting | method | avg \\|gap\\| | floor | gap/floor | retain acc gap | time/retrain | pass | inc. | "
-             "fail | per-patient pass |", "|---" * 11 + "|"]
+    lines = ["| setting | method | avg \\|gap\\| [seed range] | floor [seed range] | gap/floor [seed range] | "
+             "retain acc gap | time/retrain | pass | inc. | fail | per-patient pass |", "|---" * 11 + "|"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['method']} | {r['avg_gap']:.3f} | {r['noise_floor']:.3f} | "
-                     f"{r['gap_over_floor']:.2f} | {r['retain_acc_gap']:.3f} | {r['time_ratio']:.3f} | {r['pass']} | "
-                     f"{r['inconclusive']} | {r['fail']} | {r['per_patient_pass_share']:.2f} |")
+        lo, hi = r["avg_gap_range"]
+        flo, fhi = r["noise_floor_range"]
+        glo, ghi = r["gap_over_floor_range"]
+        lines.append(f"| {r['setting']} | {r['method']} | {r['avg_gap']:.3f} [{lo:.3f}, {hi:.3f}] | "
+                     f"{r['noise_floor']:.3f} [{flo:.3f}, {fhi:.3f}] | "
+                     f"{r['gap_over_floor']:.2f} [{glo:.2f}, {ghi:.2f}] | "
+                     f"{r['retain_acc_gap']:.3f} | {r['time_ratio']:.3f} | {r['pass']} | {r['inconclusive']} | "
+                     f"{r['fail']} | {r['per_patient_pass_share']:.2f} |")
     return "\n".join(lines)
 
 
@@ -364,7 +383,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     os.environ.setdefault("MEDFORGET_CACHE", str(args.out / "cache"))
     start = time.perf_counter()
     raw: list[dict[str, Any]] = []
-    missing: list[str] = []
+    missing: list[dict[str, Any]] = []
     for seed in args.seeds:
         if args.collect:
             rows_of_seed, missing_of_seed = collect_seed(args, seed)
@@ -374,15 +393,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         _write(args.out / "raw.json", json.dumps(raw, indent=1, default=str))
     rows = leaderboard(raw, args.patients, args.image_size)
     for row in rows:
-        row["missing"] = [m for m in missing if m.split()[2:4] in ([row["setting"], row["method"]],
-                                                                    [row["setting"], "all"])]
+        row["missing"] = [m for m in missing if m["setting"] == row["setting"] and m["method"] in (row["method"], None)]
     seconds = time.perf_counter() - start
     command = "python benchmarks/leaderboard.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"Command: `{command.strip()}`  \nWall time {seconds:.0f} s; {args.patients} patients, "
               f"{args.image_size}x{args.image_size} px, {args.epochs} training epochs, seeds {args.seeds}, "
               f"{args.retrains} retrains per seed, {args.trials} tuning trials per method, audit K="
               f"{args.audit_references}, accelerator {args.accelerator}."
-              + (f"  \nNot finished (left out of the rows): {'; '.join(missing)}." if missing else ""))
+              + (f"  \nNot finished (left out of the rows): {'; '.join(map(missing_text, missing))}."
+                 if missing else ""))
     _write(results, json.dumps(rows, indent=1, default=str) + "\n")
     _write(args.out / "table.md", header + "\n\n" + table(rows) + "\n")
     print("\n" + header + "\n\n" + table(rows) + f"\n\nwrote {results}", flush=True)
