@@ -81,10 +81,12 @@ class Criterion:
         """The comparison with the tolerance, as shown (``|x| <=``, ``<=``, ``p >``, ...)."""
         return self.comparison or OPERATORS[self.sided]
 
-    def decide(self, gap: Gap | None, units: int | None = None, unit: str = "forget patients") -> dict[str, Any]:
-        """The three-way decision of ``gap`` (unmeasured: ``n/a``) against the tolerance."""
+    def decide(self, gap: Gap | None, units: int | None = None, unit: str = "forget patients",
+               floor: float | None = None) -> dict[str, Any]:
+        """The three-way decision of ``gap`` (unmeasured: ``n/a``) against the tolerance (and, for FAIL, the noise
+        ``floor`` when it is larger; :func:`medforget.audit.verdict.decide`)."""
         gap = gap if gap is not None else Gap(math.nan)
-        return decide(gap.estimate, gap.replicates, self.tolerance, self.sided, units=units, unit=unit)
+        return decide(gap.estimate, gap.replicates, self.tolerance, self.sided, units=units, unit=unit, floor=floor)
 
     def outside(self, estimate: float) -> bool:
         """Whether a point estimate lies outside the tolerance (NaN: no)."""

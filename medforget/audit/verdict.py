@@ -11,6 +11,17 @@ judged on its bootstrap interval (see ``shared/design/EVALUATION.md``):
   half-width of the 95% interval) and roughly how many units (forget patients, or audit seeds) would decide it, from
   the usual ``1 / sqrt(n)`` shrinkage of the interval with the estimate held fixed.
 
+Two rules keep a verdict from resting on noise the interval does not hold:
+
+- **One unit decides nothing.** An interval over fewer than :data:`MIN_UNITS` resampled units (a single forget
+  patient) cannot vary them: it shows only the other side's noise (e.g. the test patients of an attack AUC), or none
+  at all (``[0.2, 0.2]``). Such a criterion is INCONCLUSIVE whatever its interval; a single patient is judged by the
+  per-patient test, not by a group interval.
+- **A difference smaller than the noise floor is not a difference.** Given the retrain-vs-retrain noise floor of a
+  criterion (the same gap between retrained models of different seeds), FAIL needs the 95% interval wholly outside
+  ``±max(tolerance, floor)`` (one-sided: above it). PASS is unchanged: equivalence is always shown within the
+  tolerance.
+
 The overall verdict is FAIL if any counted criterion FAILs, PASS if all PASS, otherwise INCONCLUSIVE.
 
 With several runs (seeds) the replicates of each run are combined by resampling the runs too
@@ -30,6 +41,7 @@ PASS, INCONCLUSIVE, FAIL, NA = "pass", "inconclusive", "fail", "n/a"
 VERDICTS = (PASS, INCONCLUSIVE, FAIL, NA)
 Sided = Literal["two-sided", "upper"]
 MIN_REPLICATES = 2000
+MIN_UNITS = 2  # resampled units (forget patients) an interval needs before it can decide anything
 
 
 def interval(replicates: np.ndarray, level: float) -> list[float]:
@@ -50,6 +62,7 @@ def decide(
     sided: Sided = "two-sided",
     units: int | None = None,
     unit: str = "forget patients",
+    floor: float | None = None,
 ) -> dict[str, Any]:
     """The three-way decision of one criterion.
 
@@ -62,11 +75,14 @@ def decide(
         units: How many independent units the interval rests on (forget patients, or seeds), for the sample size a
             conclusive answer would need.
         unit: What the units are, for the message.
+        floor: The criterion's retrain-vs-retrain noise floor on the decision scale (``None`` or NaN: not measured,
+            one run). FAIL needs the 95% interval outside ``max(tolerance, floor)``.
 
     Returns:
         ``verdict``, ``estimate``, ``ci90``, ``ci95``, ``tolerance``, ``sided``, ``resolvable_gap`` (half-width of the
-        95% interval), ``units``, ``units_needed`` (for an INCONCLUSIVE result; ``None`` when it cannot be estimated)
-        and a one-line ``reason``.
+        95% interval), ``units``, ``units_needed`` (for an INCONCLUSIVE result; ``None`` when it cannot be estimated),
+        ``fail_band`` (the band FAIL must lie outside: the tolerance or the larger noise floor) and a one-line
+        ``reason``.
     """
     if not tolerance > 0:
         raise ValueError(f"a tolerance must be > 0, got {tolerance}")
@@ -75,7 +91,7 @@ def decide(
     out: dict[str, Any] = {"verdict": NA, "estimate": float(estimate), "ci90": [math.nan, math.nan],
                            "ci95": [math.nan, math.nan], "tolerance": float(tolerance), "sided": sided,
                            "resolvable_gap": math.nan, "units": units, "unit": unit, "units_needed": None,
-                           "reason": "no interval"}
+                           "fail_band": float(tolerance), "reason": "no interval"}
     if replicates is None or len(replicates) == 0 or math.isnan(estimate):
         out["reason"] = "not measurable on this request" if math.isnan(estimate) else "no interval"
         return out
@@ -84,25 +100,38 @@ def decide(
         out["reason"] = "every bootstrap replicate undefined"
         return out
     out.update(ci90=ci90, ci95=ci95, resolvable_gap=(ci95[1] - ci95[0]) / 2.0)
+    if units is not None and units < MIN_UNITS:
+        out.update(verdict=INCONCLUSIVE, reason=f"{units} of the {unit}: the interval cannot resample them, so it "
+                                                f"shows neither equivalence nor a difference (>= {MIN_UNITS} needed)")
+        return out
     tol = tolerance
+    band = max(tol, float(floor)) if floor is not None and not math.isnan(floor) else tol
+    out["fail_band"] = band
     if sided == "two-sided":
         passed = -tol <= ci90[0] and ci90[1] <= tol
-        failed = ci95[0] > tol or ci95[1] < -tol
+        failed = ci95[0] > band or ci95[1] < -band
+        beyond_tol = ci95[0] > tol or ci95[1] < -tol
         margin_pass = tol - abs(estimate)  # room left for the interval's half-width
         half90 = max(estimate - ci90[0], ci90[1] - estimate)
         half95_to_band = (estimate - ci95[0]) if estimate > 0 else (ci95[1] - estimate)
-        excess = abs(estimate) - tol
+        excess = abs(estimate) - band
     else:
         passed = ci90[1] <= tol
-        failed = ci95[0] > tol
+        failed = ci95[0] > band
+        beyond_tol = ci95[0] > tol
         margin_pass = tol - estimate
         half90 = ci90[1] - estimate
         half95_to_band = estimate - ci95[0]
-        excess = estimate - tol
+        excess = estimate - band
     if passed:
         out.update(verdict=PASS, reason=f"90% interval within the tolerance {tol:g}")
     elif failed:
-        out.update(verdict=FAIL, reason=f"95% interval wholly outside the tolerance {tol:g}")
+        out.update(verdict=FAIL, reason=f"95% interval wholly outside the tolerance {tol:g}" + (
+            f" and the noise floor {band:.3f}" if band > tol else ""))
+    elif beyond_tol:
+        out.update(verdict=INCONCLUSIVE, reason=f"95% interval outside the tolerance {tol:g} but not beyond the "
+                                                f"retrain-vs-retrain noise floor {band:.3f}: not shown to differ "
+                                                f"more than retrained models differ from each other")
     else:
         out["verdict"] = INCONCLUSIVE
         needed = None

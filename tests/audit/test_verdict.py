@@ -93,3 +93,42 @@ def test_combine_runs_resamples_seeds_not_endpoints():
     assert lo < 0.01 and hi > 0.09
     e1, c1 = combine_runs([0.3], [a])
     assert e1 == 0.3 and c1 is not None and len(c1) == len(a)
+
+
+@pytest.mark.parametrize("center", [0.0, 0.5, -0.5])
+def test_one_unit_decides_nothing(center):
+    # a one-patient request: the interval cannot resample the forget side, so it can neither show equivalence
+    # (a zero-width interval at 0) nor a difference (a narrow interval far outside the band)
+    for reps in (replicates(center, 0.0), replicates(center, 0.02)):
+        d = decide(center, reps, 0.05, units=1)
+        assert d["verdict"] == INCONCLUSIVE, d
+        assert "1 of the forget patients" in d["reason"] and "cannot resample" in d["reason"]
+        assert d["ci95"][0] == pytest.approx(center - 0.95 * (reps.max() - center), abs=1e-3)  # still reported
+    assert decide(0.5, replicates(0.5, 0.02), 0.05, units=2)["verdict"] == FAIL  # two units may decide
+    assert decide(0.5, replicates(0.5, 0.02), 0.05)["verdict"] == FAIL  # units unknown: the interval decides
+
+
+@pytest.mark.parametrize("sided", ["two-sided", "upper"])
+def test_a_gap_within_the_noise_floor_is_not_a_difference(sided):
+    # 95% interval [0.105, 0.295]: outside the tolerance 0.05
+    reps = replicates(0.2, 0.1)
+    assert decide(0.2, reps, 0.05, sided=sided)["verdict"] == FAIL
+    assert decide(0.2, reps, 0.05, sided=sided, floor=0.03)["verdict"] == FAIL  # a floor below the tolerance
+    within = decide(0.2, reps, 0.05, sided=sided, floor=0.15)  # retrained models differ by 0.15 on their own
+    assert within["verdict"] == INCONCLUSIVE and within["fail_band"] == 0.15
+    assert "noise floor 0.150" in within["reason"]
+    beyond = decide(0.2, reps, 0.05, sided=sided, floor=0.1)
+    assert beyond["verdict"] == FAIL and "noise floor 0.100" in beyond["reason"]
+    assert decide(0.2, reps, 0.05, sided=sided, floor=math.nan)["verdict"] == FAIL  # NaN floor: not measured
+    # equivalence is still shown within the tolerance, whatever the floor
+    assert decide(0.0, replicates(0.0, 0.04), 0.05, sided=sided, floor=0.3)["verdict"] == PASS
+    if sided == "two-sided":
+        assert decide(-0.2, reps - 0.4, 0.05, floor=0.15)["verdict"] == INCONCLUSIVE  # the lower side too
+        assert decide(-0.2, reps - 0.4, 0.05, floor=0.1)["verdict"] == FAIL
+
+
+def test_what_would_decide_it_counts_from_the_fail_band():
+    # estimate 0.2 with 95% half-width 0.3: to show a difference beyond the floor 0.15 the half-width (0.285 to the
+    # band side) must shrink to 0.05: 10 * (0.285 / 0.05)^2 = 324.9 -> 325
+    d = decide(0.2, replicates(0.2, 0.3), 0.05, units=10, floor=0.15)
+    assert d["verdict"] == INCONCLUSIVE and d["units_needed"] == 325

@@ -145,6 +145,14 @@ def test_utility_power_does_not_apply_and_it_counts():
     assert fq["direction"] == OVER  # higher truth ratio than the retain-only model: prefers wrong answers
 
 
+def test_one_forget_patient_leaves_forget_criteria_inconclusive_but_not_utility():
+    checks = {c["criterion"]: c for c in lm_criteria(constructed(), LMTolerances(), "loss", units=1)}
+    fq = checks["forget_quality"]
+    assert fq["verdict"] == INCONCLUSIVE and "cannot resample" in fq["reason"]
+    assert fq["power"]["has_power"]  # the original's estimate still lies outside
+    assert checks["model_utility"]["verdict"] == PASS  # resampled over retain patients: one forget patient is moot
+
+
 # --- direction ---------------------------------------------------------------------------------------------------
 def test_signed_direction_wording_for_an_over_unlearned_model():
     checks = {c["criterion"]: c for c in lm_criteria(constructed(), LMTolerances(), "loss", units=10)}

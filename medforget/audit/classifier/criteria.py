@@ -25,7 +25,11 @@ which the original is not shown to differ (FAIL, or at least a point estimate ou
 forgetting from not forgetting on this model; it is marked ``no power`` and does not count towards the verdict.
 Utility lost and quantization recovery are not forgetting tests of the original (it loses no utility and has nothing
 to recover), so they always count. With several runs of one request, the same gap between the
-retrained models of different seeds is the criterion's **noise floor**.
+retrained models of different seeds is the criterion's **noise floor**: a gap within it is not a difference, so FAIL
+needs the 95% interval outside the larger of the tolerance and the floor (:func:`medforget.audit.verdict.decide`).
+With one run there is no floor, and the intervals hold the patients' noise only, not the retrained model's own seed
+noise: audit several runs (seeds) of a request to fold it in. A criterion resting on a single patient (a 1-patient
+request) is INCONCLUSIVE; the per-patient test judges such a request.
 """
 
 from __future__ import annotations
@@ -229,14 +233,16 @@ def evaluate_criteria(
     out = []
     for crit in criteria_for(attacks, schemes, relearning, tolerances):
         units = _units(first, crit.units)
-        unit = "test patients" if crit.units == "test" else "forget patients"
+        unit = {"test": "test patients", "held": "held-out forget patients"}.get(crit.units, "forget patients")
+        floor = _noise_floor(crit, usable, values)
 
-        def judged(model: str, crit: GapCriterion = crit, units: int = units, unit: str = unit
-                   ) -> dict[str, Any] | None:
+        def judged(model: str, crit: GapCriterion = crit, units: int = units, unit: str = unit,
+                   floor: float | None = floor) -> dict[str, Any] | None:
             gaps = [crit.gap(v[model], v[REFERENCE], v.get("original")) for v in values if model in v]
             if len(gaps) != len(values) or any(g is None for g in gaps):
                 return None
-            return crit.decide(Gap(*combine_runs([g[0] for g in gaps], [g[1] for g in gaps], seed)), units, unit)
+            return crit.decide(Gap(*combine_runs([g[0] for g in gaps], [g[1] for g in gaps], seed)), units, unit,
+                               floor)
 
         decision = judged(unlearned)
         if decision is None:
@@ -250,7 +256,7 @@ def evaluate_criteria(
         else:
             entry["power"], entry["has_power"] = None, None
         entry["counted"] = entry["has_power"] is not False and decision["verdict"] != NA
-        entry["noise_floor"] = _noise_floor(crit, usable, values)
+        entry["noise_floor"] = floor
         out.append(entry)
     return out
 

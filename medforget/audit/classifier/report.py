@@ -186,7 +186,11 @@ def blocks(report: dict[str, Any], images: dict[str, str]) -> list[Block]:
                          "tests at α = 0.05). FAIL: the 95% interval lies wholly outside. INCONCLUSIVE otherwise. "
                          "*original*: the same gap with the original model in the unlearned model's place; a "
                          "criterion the original is not shown to fail has no power on this model and is not counted. "
-                         "*noise floor*: the gap between retrained models of different seeds (several runs only)."))
+                         "*noise floor*: the gap between retrained models of different seeds (several runs only); "
+                         "a gap within it is not a difference, so FAIL needs the 95% interval beyond the larger of "
+                         "the tolerance and the floor. With one run the intervals hold the patients' noise only, not "
+                         "the retrained model's seed noise. A criterion resting on one forget patient is "
+                         "INCONCLUSIVE: a patient bootstrap cannot resample one patient."))
         reasons = [[c["criterion"], c["reason"]] for c in report["criteria"] if c["verdict"] == "inconclusive"]
         if reasons:
             out.append(("table", ["inconclusive criterion", "what would decide it"], reasons))

@@ -64,7 +64,8 @@ def lm_criteria(measured: dict[str, Any], tolerances: LMTolerances, headline: st
     ratio = get("utility_ratio", "unlearned")
     signed = Gap(ratio.estimate - 1.0, ratio.replicates - 1.0 if ratio.replicates is not None else None) \
         if ratio is not None else None
-    out.append(judge(util, get("utility_lost", "unlearned"), None, signed, units))
+    # resampled over retain patients, not forget ones: the forget count neither sizes nor gates its interval
+    out.append(judge(util, get("utility_lost", "unlearned"), None, signed))
     for name in sorted(n for n in measured.get("extraction", {}) if n == "unlearned" or n.startswith("unlearned@")):
         scheme = name.partition("@")[2]
         spec = CriterionSpec(

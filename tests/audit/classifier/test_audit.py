@@ -209,6 +209,43 @@ def test_criteria_over_runs_resample_seeds_and_report_the_noise_floor():
     assert three["mia/LossAttack"]["noise_floor"] > 0
 
 
+def test_criteria_over_runs_fail_only_beyond_the_noise_floor():
+    # every run's unlearned model is off by the same shift, but the retrained models of the runs differ from each
+    # other by more: the gap is outside the tolerance yet within the retrain-vs-retrain floor -> not a FAIL
+    runs = [_artifacts(s, gap=0.8, original_gap=3.0) for s in (3, 4, 5)]
+    rng = np.random.default_rng(9)
+    for art in runs:  # each run's retrained model gets its own seed noise on the forget patients' scores
+        art.scores["retrained"]["LossAttack"]["forget"] = art.scores["retrained"]["LossAttack"]["forget"] \
+            + rng.normal(0, 2.5)
+    checks = {c["criterion"]: c for c in evaluate_criteria(runs, Tolerances(), 2000)}
+    mia = checks["mia/LossAttack"]
+    assert mia["noise_floor"] > 0.05 and mia["fail_band"] == pytest.approx(max(0.05, mia["noise_floor"]))
+    lo, hi = mia["ci95"]
+    assert 0.05 < lo < mia["noise_floor"], mia  # outside the tolerance, not beyond the floor
+    assert mia["verdict"] == "inconclusive" and "noise floor" in mia["reason"]
+    # the same runs with one retrained model: no floor, and the same interval would have FAILed
+    alone = {c["criterion"]: c for c in evaluate_criteria(runs[:1], Tolerances(), 2000)}["mia/LossAttack"]
+    assert alone["noise_floor"] is None and alone["verdict"] == "fail"
+
+
+def test_one_forget_patient_is_never_a_group_verdict():
+    # a retrained model against another retrained model on a single forget patient: their predictions on it differ
+    # (seed noise), which a patient bootstrap over one patient cannot see -> INCONCLUSIVE, never FAIL or PASS
+    art = _artifacts(0, same=True, original_gap=3.0)
+    one = art.groups["forget"] == 0
+    art.groups["forget"], art.labels["forget"] = art.groups["forget"][one], art.labels["forget"][one]
+    for model in art.logits:
+        art.logits[model]["forget"] = art.logits[model]["forget"][one]
+        art.scores[model]["LossAttack"]["forget"] = art.scores[model]["LossAttack"]["forget"][one]
+    art.logits["unlearned"]["forget"] = -art.logits["unlearned"]["forget"]  # every prediction flips
+    art.scores["unlearned"]["LossAttack"]["forget"] = art.scores["unlearned"]["LossAttack"]["forget"] + 3.0
+    checks = {c["criterion"]: c for c in evaluate_criteria([art], Tolerances(), 2000)}
+    for name in ("mia/LossAttack", "forget_accuracy"):
+        assert checks[name]["units"] == 1 and checks[name]["verdict"] == "inconclusive", checks[name]
+        assert abs(checks[name]["estimate"]) > 0.05  # far outside the tolerance: would have FAILed
+    assert checks["test_auc_drop"]["units"] == 40 and checks["test_auc_drop"]["verdict"] == "pass"  # test side decides
+
+
 def test_criteria_need_unlearned_and_retrained():
     art = _artifacts(0, same=True)
     del art.logits["unlearned"]
