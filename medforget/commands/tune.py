@@ -17,7 +17,8 @@ upper bound and checkpoint selection picks the epoch, as in a plain ``unlearn`` 
 The study lives in ``sqlite:///<out>/tune.db``: rerunning the same command resumes it and runs only the trials
 missing to reach ``--n_trials`` (a trial left running by a crash is marked failed and rerun). Outputs:
 
-- ``<out>/best.yaml``: the method's config with the best settings, ready for
+- ``<out>/best.yaml``: the method's config with the best settings (and the ``--model.init_args.*`` /
+  ``--trainer.*`` flags every trial was given), ready for
   ``python -m medforget unlearn --config <out>/best.yaml --ckpt ... --forget ...``;
 - ``<out>/trials.csv``: every trial (number, state, value, parameters, run folder, seconds);
 - ``<out>/optimization_history.png``: Optuna's history plot (matplotlib), when it can be drawn.
@@ -162,16 +163,43 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _best_config(content: dict[str, Any], name: str, params: dict[str, Any], study: Any, objective: str) -> str:
+def fixed_settings(forwarded: list[str]) -> dict[str, dict[str, Any]]:
+    """The method and trainer settings every trial got from the command line (``--model.init_args.K=V`` and
+    ``--trainer.K=V``, either ``=`` or a separate value), values parsed as YAML: ``{"init_args": ..., "trainer":
+    ...}``. They belong in ``best.yaml`` as much as the searched ones, or it would not reproduce the best trial."""
+    out: dict[str, dict[str, Any]] = {"init_args": {}, "trainer": {}}
+    prefixes = {"--model.init_args.": "init_args", "--trainer.": "trainer"}
+    i = 0
+    while i < len(forwarded):
+        flag, value = forwarded[i], None
+        if "=" in flag:
+            flag, value = flag.split("=", 1)
+        elif i + 1 < len(forwarded) and not forwarded[i + 1].startswith("--"):
+            value, i = forwarded[i + 1], i + 1
+        i += 1
+        for prefix, group in prefixes.items():
+            key = flag[len(prefix):] if flag.startswith(prefix) else ""
+            if key and value is not None and "." not in key:
+                out[group][key] = yaml.safe_load(value)
+    return out
+
+
+def _best_config(content: dict[str, Any], name: str, params: dict[str, Any], study: Any, objective: str,
+                 fixed: dict[str, dict[str, Any]] | None = None) -> str:
     config = json.loads(json.dumps(content))  # a deep copy
+    fixed = fixed or {}
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
     model.setdefault("class_path", f"medforget.methods.classifier.{name}")
     init_args = model.get("init_args") or {}
+    init_args.update(fixed.get("init_args", {}))
     init_args.update({k: v for k, v in params.items() if k != "max_epochs"})
     model["init_args"] = init_args
     config["model"] = model
+    trainer = {**(config.get("trainer") or {}), **fixed.get("trainer", {})}
     if "max_epochs" in params:
-        config["trainer"] = {**(config.get("trainer") or {}), "max_epochs": int(params["max_epochs"])}
+        trainer["max_epochs"] = int(params["max_epochs"])
+    if trainer:
+        config["trainer"] = trainer
     for key in ("ckpt", "forget", "ckpt_path"):
         config.pop(key, None)
     best = study.best_trial
@@ -270,7 +298,8 @@ def tune(args: list[str] | None = None) -> dict[str, Any]:
     if not complete:
         raise RuntimeError(f"no trial of the study in {out / 'tune.db'} completed")
     best = study.best_trial
-    _write_atomic(out / "best.yaml", _best_config(content, name, best.params, study, opts.objective))
+    _write_atomic(out / "best.yaml", _best_config(content, name, best.params, study, opts.objective,
+                                                  fixed_settings(forwarded)))
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
     _write_atomic(out / "trials.csv", frame.to_csv(index=False))
     plot = _plot(study, out / "optimization_history.png")

@@ -25,7 +25,9 @@ def _flags(trained_ckpt, forget_file, tiny_hospital) -> list[str]:
 
 def test_tune_runs_resumes_and_writes_a_usable_config(trained_ckpt, forget_file, tiny_hospital, tmp_path):
     out = tmp_path / "tune"
-    flags = _flags(trained_ckpt, forget_file, tiny_hospital)
+    # settings every trial gets but the search does not touch: best.yaml must carry them too
+    flags = [*_flags(trained_ckpt, forget_file, tiny_hospital), "--model.init_args.weight_decay=0.01",
+             "--trainer.gradient_clip_val", "2.0"]
     first = tune([*flags, "--n_trials=2", f"--out={out}"])
     assert first["trials"] == 2 and first["method"] == "FineTune"
     storage = f"sqlite:///{out / 'tune.db'}"
@@ -61,11 +63,21 @@ def test_tune_runs_resumes_and_writes_a_usable_config(trained_ckpt, forget_file,
     assert best["model"]["class_path"].endswith(".FineTune")
     assert best["model"]["init_args"]["lr"] == pytest.approx(study.best_params["lr"])
     assert best["trainer"]["max_epochs"] == study.best_params["max_epochs"]
+    assert best["model"]["init_args"]["weight_decay"] == 0.01 and best["trainer"]["gradient_clip_val"] == 2.0
     path = unlearn([f"--config={out / 'best.yaml'}", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
                     f"--data.manifest={tiny_hospital}", "--data.image_size=32", "--data.batch_size=16",
                     "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", f"--out={tmp_path / 'u'}"])
     hparams = read_checkpoint(path)["medforget"]["provenance"]["method_hparams"]
     assert hparams["lr"] == pytest.approx(study.best_params["lr"])
+    assert hparams["weight_decay"] == 0.01
+
+
+def test_fixed_settings_read_both_flag_forms():
+    from medforget.commands.tune import fixed_settings
+
+    got = fixed_settings(["--model.init_args.alpha=0.5", "--model.init_args.name", "x", "--trainer.precision=16",
+                          "--data.batch_size=8", "--trainer.logger.init_args.x=1", "--flag"])
+    assert got == {"init_args": {"alpha": 0.5, "name": "x"}, "trainer": {"precision": 16}}
 
 
 @pytest.mark.parametrize("objective", ["test/auc", "val/test_auc", "retrained_gap"])
