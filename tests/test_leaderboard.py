@@ -94,3 +94,51 @@ def test_quick_leaderboard(tmp_path, monkeypatch):
         return json.dumps([{k: v for k, v in r.items() if k != "tuning_time_ratio"} for r in table], default=str)
 
     assert kept(again) == kept(rows)
+
+
+def _audit(verdict, forget_auc, share, patients=6):
+    def model(auc):
+        return {"metrics": {"forget": {"fused": {"auc": auc, "f1": 0.5}}, "test": {"fused": {"auc": 0.8}},
+                            "retain": {"fused": {"accuracy": 1.0}}},
+                "mia": {"LossAttack": {"patient_auc": 0.5}}}
+
+    return {"verdict": verdict, "data": {"parts": {"forget": {"patients": patients}}},
+            "per_patient": [{"unlearned": {"pass_share": share}}],
+            "runs": [{"models": {"unlearned": model(forget_auc), "retrained": model(0.6)}}]}
+
+
+def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monkeypatch):
+    # seed 0: 5pct has its retrained model, the Retrain row's and SCRUB's audits; SSD's is missing; 1pct has nothing
+    base = tmp_path / "seed0" / "5pct"
+    (base / "retrained0").mkdir(parents=True)
+    (base / "retrained0" / "model.ckpt").write_bytes(b"")  # its fit time comes from the patched fit_seconds
+    (base / "forget.txt").write_text("a\nb\nc\n")
+    for name, audit in (("Retrain", _audit("inconclusive", 0.62, 1.0)), ("SCRUB", _audit("fail", 0.7, 0.5))):
+        (base / "audit" / name).mkdir(parents=True)
+        (base / "audit" / name / "audit.json").write_text(json.dumps(audit))
+    tune = tmp_path / "seed0" / "tune" / "SCRUB"
+    tune.mkdir(parents=True)
+    (tune / "trials.csv").write_text("number,user_attrs_seconds\n0,30.0\n1,10.0\n")
+    (tune / "tune.json").write_text(json.dumps({"best_params": {"lr": 0.1}, "trials_csv": str(tune / "trials.csv")}))
+    seconds = {"retrained0": 100.0, "retrained1": 100.0, "SCRUB": 5.0}
+    monkeypatch.setattr(leaderboard, "fit_seconds", lambda path: seconds[Path(path).parent.name])
+    def refuse(*args, **kwargs):
+        raise AssertionError("--collect ran a step")
+
+    for name in ("train", "unlearn", "evaluate", "tune"):
+        monkeypatch.setattr(leaderboard.api, name, refuse)
+    rows = leaderboard.main([f"--out={tmp_path}", "--collect", "--seeds", "0", "--settings", "5pct", "1pct",
+                             "--methods", "SCRUB", "SSD", "--patients", "120", f"--results={tmp_path / 'lb.json'}"])
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"Retrain", "SCRUB"}
+    x = by["SCRUB"]
+    assert x["avg_gap"] == pytest.approx(0.1 / 4) and x["noise_floor"] == pytest.approx(0.02 / 4)
+    assert x["gap_over_floor"] == pytest.approx(5.0) and x["time_ratio"] == pytest.approx(0.05)
+    assert x["tuning_time_ratio"] == pytest.approx(0.4) and (x["fail"], x["per_patient_pass_share"]) == (1, 0.5)
+    assert x["forget_patients"] == 3 and x["patients"] == 120
+    missing = [(m["setting"], m["method"]) for m in x["missing"]]
+    assert missing == []  # SCRUB's own steps are done; SSD's audit and the 1pct setting are listed on their own rows
+    written = json.loads((tmp_path / "lb.json").read_text())
+    assert [r["method"] for r in written] == ["Retrain", "SCRUB"]
+    table = (tmp_path / "table.md").read_text()
+    assert "seed 0 5pct SSD" in table and "seed 0 1pct all (no retrained model yet)" in table
