@@ -51,7 +51,7 @@ from medforget.methods.classifier.selection import SCORE as SELECTION_SCORE
 
 log = logging.getLogger("medforget")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the source checkout: configs/ sits beside medforget/
 STUDY_NAME = "medforget-tune"
 #: Validation scores a trial may minimise: the selection score and its terms (all on validation parts only).
 OBJECTIVES = (SELECTION_SCORE, *(f"val/gap_{name}" for name in GAP_NAMES))
@@ -99,8 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_for(method: str | None, config: str | None) -> tuple[str, Path | None, dict[str, Any]]:
-    """The method name, its config file and the config's content."""
+def config_for(method: str | None, config: str | None) -> tuple[str, Path | None, dict[str, Any]]:
+    """The method name, its config file and the config's content: ``config``, else the method's
+    ``configs/unlearn/*.yaml`` of the source checkout, else (an installed package without the checkout) an empty
+    config of the method's class, whose defaults then centre the search."""
     from medforget.methods.classifier import get_method
 
     if config is not None:
@@ -226,7 +228,7 @@ def tune(args: list[str] | None = None) -> dict[str, Any]:
                          "every trial; remove it (the run folder is tune's --out)")
     if opts.n_trials < 1:
         raise ValueError(f"--n_trials must be >= 1, got {opts.n_trials}")
-    name, config_path, content = _config_for(opts.method, opts.config)
+    name, config_path, content = config_for(opts.method, opts.config)
     monitor = ((content.get("checkpoint") or {}).get("monitor") if isinstance(content.get("checkpoint"), dict)
                else None)
     if monitor:

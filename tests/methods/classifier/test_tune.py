@@ -10,7 +10,7 @@ import yaml
 
 from medforget.cli import main
 from medforget.commands import unlearn
-from medforget.commands.tune import check_objective, tune
+from medforget.commands.tune import ROOT, check_objective, config_for, tune
 from medforget.core.checkpoint import read_checkpoint
 from medforget.methods.classifier import get_method
 from medforget.methods.classifier.search_space import FloatKnob
@@ -118,3 +118,12 @@ def test_search_space_is_centred_on_the_config():
     forwarded, own = get_method("NegGradPlus").search_space({})["lr"], get_method("SCRUB").search_space({})["lr"]
     assert (forwarded.low, forwarded.high) == pytest.approx((1e-5, 1e-2))  # UnlearningMethod's 1e-4
     assert (own.low, own.high) == pytest.approx((5e-5, 5e-2))  # SCRUB's own 5e-4
+
+
+def test_a_method_is_tuned_from_its_own_config():
+    # the search is centred on configs/unlearn/<method>.yaml and best.yaml extends it: RefDistill's config makes an
+    # epoch one pass over the forget patients and clips gradients; a tuned config without them is another method
+    name, path, content = config_for("RefDistill", None)
+    assert path == ROOT / "configs" / "unlearn" / "ref_distill.yaml" and path.is_file()
+    assert content["data"]["unlearn_epoch"] == "forget" and content["trainer"]["gradient_clip_val"] == 1.0
+    assert config_for("FineTune", None)[1] == ROOT / "configs" / "unlearn" / "finetune.yaml"
