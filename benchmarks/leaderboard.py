@@ -32,7 +32,9 @@ unlearning runs and reused by every setting of a seed, as ``reference_time_ratio
     python benchmarks/leaderboard.py --methods RefDistill SCRUB --seeds 0 1 2 --settings 5pct
 
 A rerun with the same ``--out`` reuses every finished model, study and audit; ``--collect`` runs nothing and
-tabulates the audits finished so far (what is missing is listed in ``table.md`` and in each row's ``missing``).
+tabulates the audits finished so far (what is missing is listed in ``table.md`` and in each row's ``missing``);
+``--write-configs`` writes each tuned method's chosen settings to ``configs/unlearn/tuned/`` (the seed whose study
+reached the lowest validation score).
 The full run writes ``benchmarks/results/leaderboard.json`` (``--quick`` writes ``<out>/leaderboard.json`` only),
 ``<out>/table.md`` and ``<out>/raw.json`` (every audited model).
 """
@@ -333,6 +335,51 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def tuned_config(args: argparse.Namespace, method: str) -> str | None:
+    """The chosen settings of ``method``: the ``best.yaml`` of the seed whose study reached the lowest validation
+    score (validation data only, never the audited requests), as a config with a header saying where it comes from,
+    the run-specific paths cleared (``reference_dir``: the method trains or caches its own). ``None``: no study."""
+    import yaml
+
+    studies = []
+    for seed in args.seeds:
+        summary = args.out / f"seed{seed}" / "tune" / method / "tune.json"
+        if summary.exists():
+            tuned = json.loads(summary.read_text())
+            studies.append((float(tuned["best_value"]), seed, tuned))
+    if not studies:
+        return None
+    value, seed, tuned = min(studies, key=lambda x: x[:2])
+    config = yaml.safe_load(Path(tuned["best_yaml"]).read_text())
+    init_args = config.get("model", {}).get("init_args") or {}
+    if init_args.get("reference_dir") is not None:
+        init_args["reference_dir"] = None
+    config.pop("out", None)
+    others = ", ".join(f"seed {s} {v:.4f}" for v, s, _ in sorted(studies, key=lambda x: x[1]) if s != seed)
+    header = (f"# {method} as tuned by benchmarks/leaderboard.py (issue 14): `medforget tune`, {args.trials} trials "
+              f"per seed on a tuning request of 5% of\n# the training patients (validation data only), hospital of "
+              f"{args.patients} patients at {args.image_size} px, original trained {args.epochs} epochs.\n"
+              f"# Chosen: seed {seed}'s best trial ({tuned['best_trial']}), {tuned['objective']} = {value:.4f}"
+              + (f" (other seeds' best: {others})" if others else "") + ".\n"
+              "# Other hospitals and sizes: run `python -m medforget tune` on your own data.\n"
+              "# python -m medforget unlearn --config configs/unlearn/tuned/<this file> --ckpt ORIGINAL "
+              "--forget REQUEST\n")
+    return header + yaml.safe_dump(config, sort_keys=False)
+
+
+def write_tuned_configs(args: argparse.Namespace, folder: Path) -> list[Path]:
+    """``configs/unlearn/tuned/<config name>.yaml`` for every tuned method of the run (:func:`tuned_config`)."""
+    written = []
+    for method in args.methods:
+        text = tuned_config(args, method)
+        source = config_of(method)
+        if text is None or source is None:
+            continue
+        _write(folder / source.name, text)
+        written.append(folder / source.name)
+    return written
+
+
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -360,6 +407,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="120 patients, 8 epochs, FineTune + RefDistill, seed 0, 5%% only, 2 trials, K=2")
     parser.add_argument("--collect", action="store_true",
                         help="run nothing: tabulate the audits already finished under --out and list what is missing")
+    parser.add_argument("--write-configs", type=Path, nargs="?", const=ROOT / "configs" / "unlearn" / "tuned",
+                        default=None, help="with --collect: write each tuned method's chosen settings as a config "
+                        "(default folder configs/unlearn/tuned)")
     parser.add_argument("--verbose", dest="quiet", action="store_false", help="show Lightning's output")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default benchmarks/runs/leaderboard)")
     parser.add_argument("--results", type=Path, default=None,
@@ -402,6 +452,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
               f"{args.audit_references}, accelerator {args.accelerator}."
               + (f"  \nNot finished (left out of the rows): {'; '.join(map(missing_text, missing))}."
                  if missing else ""))
+    if args.write_configs is not None:
+        for path in write_tuned_configs(args, args.write_configs):
+            print(f"wrote {path}", flush=True)
     _write(results, json.dumps(rows, indent=1, default=str) + "\n")
     _write(args.out / "table.md", header + "\n\n" + table(rows) + "\n")
     print("\n" + header + "\n\n" + table(rows) + f"\n\nwrote {results}", flush=True)

@@ -119,7 +119,11 @@ def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monke
     tune = tmp_path / "seed0" / "tune" / "SCRUB"
     tune.mkdir(parents=True)
     (tune / "trials.csv").write_text("number,user_attrs_seconds\n0,30.0\n1,10.0\n")
-    (tune / "tune.json").write_text(json.dumps({"best_params": {"lr": 0.1}, "trials_csv": str(tune / "trials.csv")}))
+    (tune / "best.yaml").write_text("# tuned\nmodel:\n  class_path: medforget.methods.classifier.SCRUB\n  init_args:\n"
+                                    "    lr: 0.1\ntrainer:\n  max_epochs: 4\nout: runs/x\n")
+    summary = {"best_params": {"lr": 0.1}, "trials_csv": str(tune / "trials.csv"), "best_value": 0.02,
+               "best_trial": 1, "best_yaml": str(tune / "best.yaml"), "objective": "val/selection_score"}
+    (tune / "tune.json").write_text(json.dumps(summary))
     seconds = {"retrained0": 100.0, "retrained1": 100.0, "SCRUB": 5.0}
     monkeypatch.setattr(leaderboard, "fit_seconds", lambda path: seconds[Path(path).parent.name])
     def refuse(*args, **kwargs):
@@ -128,7 +132,8 @@ def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monke
     for name in ("train", "unlearn", "evaluate", "tune"):
         monkeypatch.setattr(leaderboard.api, name, refuse)
     rows = leaderboard.main([f"--out={tmp_path}", "--collect", "--seeds", "0", "--settings", "5pct", "1pct",
-                             "--methods", "SCRUB", "SSD", "--patients", "120", f"--results={tmp_path / 'lb.json'}"])
+                             "--methods", "SCRUB", "SSD", "--patients", "120", f"--results={tmp_path / 'lb.json'}",
+                             f"--write-configs={tmp_path / 'tuned'}"])
     by = {r["method"]: r for r in rows}
     assert set(by) == {"Retrain", "SCRUB"}
     x = by["SCRUB"]
@@ -142,3 +147,11 @@ def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monke
     assert [r["method"] for r in written] == ["Retrain", "SCRUB"]
     table = (tmp_path / "table.md").read_text()
     assert "seed 0 5pct SSD" in table and "seed 0 1pct all (no retrained model yet)" in table
+    # the chosen settings as the method's tuned config (SSD is training-free: nothing tuned, nothing written)
+    import yaml
+
+    assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == ["scrub.yaml"]
+    text = (tmp_path / "tuned" / "scrub.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert config["model"]["init_args"]["lr"] == 0.1 and config["trainer"]["max_epochs"] == 4 and "out" not in config
+    assert "seed 0's best trial (1), val/selection_score = 0.0200" in text

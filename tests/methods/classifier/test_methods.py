@@ -96,9 +96,10 @@ def test_method_hyperparameters_do_not_collide_with_the_datamodule(name):
 
 
 CONFIGS = sorted((Path(__file__).parents[3] / "configs" / "unlearn").glob("*.yaml"))
+TUNED = sorted((Path(__file__).parents[3] / "configs" / "unlearn" / "tuned").glob("*.yaml"))  # the leaderboard's
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS + TUNED, ids=[c.stem for c in CONFIGS] + [f"tuned-{c.stem}" for c in TUNED])
 def test_unlearn_config_parses(config, capsys):
     from medforget.commands import unlearn
 
