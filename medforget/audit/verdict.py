@@ -101,7 +101,8 @@ def decide(
         return out
     out.update(ci90=ci90, ci95=ci95, resolvable_gap=(ci95[1] - ci95[0]) / 2.0)
     if units is not None and units < MIN_UNITS:
-        out.update(verdict=INCONCLUSIVE, reason=f"{units} of the {unit}: the interval cannot resample them, so it "
+        what = f"{units} {unit[:-1] if units == 1 and unit.endswith('s') else unit}"
+        out.update(verdict=INCONCLUSIVE, reason=f"{what} only: a bootstrap over it cannot resample it, so the interval "
                                                 f"shows neither equivalence nor a difference (>= {MIN_UNITS} needed)")
         return out
     tol = tolerance
