@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from medforget.datamodules import keys
+from medforget.methods.classifier import selection
 from medforget.methods.classifier._common import Frozen, TeacherStudent, distillation_kl
 from medforget.methods.classifier.search_space import ChoiceKnob, FloatKnob, default_space, init_default
 
@@ -74,6 +75,11 @@ class RefDistill(TeacherStudent):
             memorised outputs, which a retrained model also has).
         retain_ce_weight: Weight of the retain cross-entropy (0: pure distillation).
         freeze_bn_stats: Keep the student's BatchNorm statistics fixed (affine weights train).
+        selection_target: What checkpoint selection (and ``medforget tune``) aims the forget patients at:
+            ``references``: the original's val level shifted by how these references do on the forget selection
+            patients against val patients (:func:`~medforget.methods.classifier.selection.reference_targets`; a
+            request harder than the val patients is then aimed lower, as a retrained model lands it); ``val``: the
+            original's val level, as every other method.
         heads: ``all``: every head (fused and the unimodal image / text heads) is distilled, each from the same head
             of the references (forget) and of the original (retain), the three terms averaged over the heads;
             ``fused``: the fused head only. Distilling the fused head alone leaves the unimodal encoders unanchored:
@@ -97,6 +103,7 @@ class RefDistill(TeacherStudent):
         retain_ce_weight: float = 0.0,
         freeze_bn_stats: bool = True,
         heads: Literal["all", "fused"] = "all",
+        selection_target: Literal["references", "val"] = "references",
         **kwargs: Any,
     ) -> None:
         if num_references < 2 and not reference_checkpoints:
@@ -121,6 +128,9 @@ class RefDistill(TeacherStudent):
         if heads not in ("all", "fused"):
             raise ValueError(f"heads must be 'all' or 'fused', got {heads!r}")
         self.heads = heads
+        if selection_target not in ("references", "val"):
+            raise ValueError(f"selection_target must be 'references' or 'val', got {selection_target!r}")
+        self.selection_target = selection_target
         self.train(self.training)
         # a plain list, not submodules: the references stay out of Lightning checkpoints and of .train()
         self._references: list[Frozen] = []
@@ -149,6 +159,29 @@ class RefDistill(TeacherStudent):
                        for r in datamodule.indices.get(part, [])}
         self.reference_paths = self._resolve_references(datamodule, forget_rows)
         self._references = [Frozen(self._load_reference(p).net) for p in self.reference_paths]
+
+    def on_train_start(self) -> None:
+        """The base's selection reference (the original on the validation parts), then, with ``selection_target
+        = "references"``, the forget targets calibrated on the references' own metrics on the same parts."""
+        fresh = self.selection_reference is None
+        super().on_train_start()
+        if not fresh or self.selection_reference is None or self.selection_target != "references":
+            return
+        parts = self._validation_parts()
+        if keys.FORGET_SELECTION not in parts or not self._references:
+            return
+        per_reference: list[dict[str, list]] = [{} for _ in self._references]
+        with torch.no_grad():
+            for part in (keys.FORGET_SELECTION, keys.VAL):
+                for batch in self.part_batches(part):
+                    for outputs, reference in zip(per_reference, self._references, strict=True):
+                        reference.to(self.device)
+                        outputs.setdefault(part, []).append((reference(batch)["fused"].float().cpu(),
+                                                             batch[keys.LABEL].cpu()))
+        metrics = [selection.part_metrics({p: (torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
+                                           for p, chunks in outputs.items()}) for outputs in per_reference]
+        self.selection_reference = {**self.selection_reference,
+                                    **selection.reference_targets(self.selection_reference, metrics)}
 
     def _resolve_references(self, datamodule: Any, forget_rows: set[int]) -> list[Path]:
         if self.reference_checkpoints:

@@ -26,6 +26,14 @@ lost that memorisation (retain accuracy 0.8 where the original had 1.0) is itsel
 
 ``selection_score`` is their mean (lower is better); the unlearn CLI keeps the epoch with the lowest score
 (Lightning ``ModelCheckpoint(monitor="val/selection_score", mode="min")``) and exports it.
+
+**Reference-calibrated forget targets** (:func:`reference_targets`). The val patients stand in for "patients the
+model never saw", but a given request may be harder or easier than the val patients: a retrained model then lands
+the forget patients below or above the val level, and a target at the val level under- or over-unlearns them. A
+method that holds reference models which never saw the forget patients (RefDistill) knows how never-seen models do
+on *these* patients: the forget terms then aim at the original's val metric shifted by the references' own
+``forget selection - val`` difference, and the MIA term at the references' own attack AUC. The references are the
+method's (never the retrained model), and they see only the selection part of the forget patients and val patients.
 """
 
 from __future__ import annotations
@@ -63,13 +71,31 @@ def proxy_gaps(metrics: dict[str, float], reference: dict[str, float]) -> dict[s
     undefined, e.g. AUC on a forget set with a single class) are left out of the mean."""
     nan = math.nan
     gaps = {  # forget terms are NaN when no forget patient is set aside for selection (selection_fraction 0)
-        "forget_auc": abs(metrics.get("forget_auc", nan) - reference["val_auc"]),
-        "forget_f1": abs(metrics.get("forget_f1", nan) - reference["val_f1"]),
+        "forget_auc": abs(metrics.get("forget_auc", nan) - reference.get("forget_auc_target", reference["val_auc"])),
+        "forget_f1": abs(metrics.get("forget_f1", nan) - reference.get("forget_f1_target", reference["val_f1"])),
         "val_auc": abs(metrics["val_auc"] - reference["val_auc"]),
         "retain_auc": abs(metrics["retain_auc"] - reference["retain_auc"]),
         "retain_acc": abs(metrics.get("retain_accuracy", nan) - reference.get("retain_accuracy", nan)),
-        "mia": abs(metrics.get("mia", nan) - 0.5),
+        "mia": abs(metrics.get("mia", nan) - reference.get("mia_target", 0.5)),
     }
     finite = [g for g in gaps.values() if not math.isnan(g)]
     gaps["score"] = sum(finite) / len(finite) if finite else float("nan")
     return gaps
+
+
+def reference_targets(original: dict[str, float], references: list[dict[str, float]]) -> dict[str, float]:
+    """Forget targets calibrated on reference models that never saw the forget patients (module docstring):
+    ``forget_{auc,f1}_target = original val_{auc,f1} + mean_k (ref_k forget_{auc,f1} - ref_k val_{auc,f1})`` and
+    ``mia_target = mean_k ref_k mia``, from :func:`part_metrics` of the original and of each reference model. A
+    target whose terms are undefined for every reference (NaN, e.g. a single-class selection part) is left out, so
+    :func:`proxy_gaps` falls back to the val level for it."""
+    targets: dict[str, float] = {}
+    for metric in ("auc", "f1"):
+        shifts = [r.get(f"forget_{metric}", math.nan) - r.get(f"val_{metric}", math.nan) for r in references]
+        shifts = [x for x in shifts if not math.isnan(x)]
+        if shifts and not math.isnan(original.get(f"val_{metric}", math.nan)):
+            targets[f"forget_{metric}_target"] = original[f"val_{metric}"] + sum(shifts) / len(shifts)
+    mia = [r["mia"] for r in references if not math.isnan(r.get("mia", math.nan))]
+    if mia:
+        targets["mia_target"] = sum(mia) / len(mia)
+    return targets

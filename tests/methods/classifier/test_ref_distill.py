@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -173,3 +174,34 @@ def test_search_space_covers_the_documented_weights():
     space = RefDistill.search_space({"lr": 1e-3})
     assert {"lr", "forget_weight", "retain_kl_weight", "retain_ce_weight", "temperature"} == set(space)
     assert space["lr"].low == pytest.approx(1e-4) and space["lr"].high == pytest.approx(3e-3) and space["lr"].log
+
+
+@pytest.mark.parametrize("target", ["references", "val"])
+def test_selection_aims_at_how_the_references_do_on_these_patients(trained_ckpt, forget_file, tiny_datamodule_kwargs,
+                                                                   reference_set, tmp_path, target):
+    from medforget.methods.classifier import selection
+
+    method = RefDistill(ckpt=str(trained_ckpt), lr=1e-3, reference_checkpoints=[str(p) for p in reference_set],
+                        selection_target=target)
+    dm = _dm(forget_file, tiny_datamodule_kwargs)
+    _fit(method, dm, tmp_path, steps=1)
+    reference = method.selection_reference
+    if target == "val":
+        assert not {"forget_auc_target", "forget_f1_target", "mia_target"} & set(reference)
+        return
+    # hand computation: each reference model's metrics on the forget-selection and val parts
+    refs = [load_classifier(p).net.eval() for p in reference_set]
+    per_ref = []
+    with torch.no_grad():
+        for r in refs:
+            outputs = {}
+            for part in (keys.FORGET_SELECTION, keys.VAL):
+                batches = list(method.part_batches(part))
+                outputs[part] = (torch.cat([r(b)["fused"] for b in batches]), torch.cat([b[keys.LABEL] for b in batches]))
+            per_ref.append(selection.part_metrics(outputs))
+    shift = np.mean([m["forget_f1"] - m["val_f1"] for m in per_ref])
+    assert reference["forget_f1_target"] == pytest.approx(reference["val_f1"] + shift, abs=1e-6)
+    assert reference["mia_target"] == pytest.approx(np.mean([m["mia"] for m in per_ref]), abs=1e-6)
+    # the proxy gap then measures the distance to that target, not to the val level
+    metrics = {**reference, "forget_f1": reference["forget_f1_target"] + 0.1}
+    assert selection.proxy_gaps(metrics, reference)["forget_f1"] == pytest.approx(0.1)

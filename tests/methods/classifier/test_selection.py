@@ -146,3 +146,24 @@ def test_unlearn_with_selection_disabled_keeps_the_last_weights(tiny_hospital, f
                       "--checkpoint.monitor=null", "--checkpoint.save_top_k=0"])
     chosen = read_checkpoint(target)["medforget"]["provenance"]["selection"]
     assert chosen["selected"] == "last"
+
+
+def test_reference_targets_shift_the_val_level_by_the_references_own_difference():
+    from medforget.methods.classifier.selection import proxy_gaps, reference_targets
+
+    original = {"val_auc": 0.80, "val_f1": 0.70, "retain_auc": 0.99, "retain_accuracy": 1.0}
+    refs = [{"forget_auc": 0.60, "val_auc": 0.70, "forget_f1": 0.50, "val_f1": 0.60, "mia": 0.60},
+            {"forget_auc": 0.66, "val_auc": 0.72, "forget_f1": float("nan"), "val_f1": 0.62, "mia": 0.56}]
+    targets = reference_targets(original, refs)
+    # these patients are harder than val for never-seen models: -0.10 and -0.06 AUC -> aim 0.08 below val
+    assert targets["forget_auc_target"] == pytest.approx(0.80 - 0.08)
+    assert targets["forget_f1_target"] == pytest.approx(0.70 - 0.10)  # the NaN reference is left out
+    assert targets["mia_target"] == pytest.approx(0.58)
+    metrics = {"forget_auc": 0.72, "forget_f1": 0.70, "val_auc": 0.80, "retain_auc": 0.99, "retain_accuracy": 1.0,
+               "mia": 0.58}
+    gaps = proxy_gaps(metrics, {**original, **targets})
+    assert gaps["forget_auc"] == pytest.approx(0.0) and gaps["mia"] == pytest.approx(0.0)
+    assert gaps["forget_f1"] == pytest.approx(0.10)  # at the val level, 0.10 above the calibrated target
+    plain = proxy_gaps(metrics, original)  # without targets: the val level and chance
+    assert plain["forget_auc"] == pytest.approx(0.08) and plain["mia"] == pytest.approx(0.08)
+    assert reference_targets(original, [{"forget_auc": float("nan"), "val_auc": 0.7, "mia": float("nan")}]) == {}
