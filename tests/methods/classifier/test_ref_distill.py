@@ -197,7 +197,8 @@ def test_selection_aims_at_how_the_references_do_on_these_patients(trained_ckpt,
             outputs = {}
             for part in (keys.FORGET_SELECTION, keys.VAL):
                 batches = list(method.part_batches(part))
-                outputs[part] = (torch.cat([r(b)["fused"] for b in batches]), torch.cat([b[keys.LABEL] for b in batches]))
+                outputs[part] = (torch.cat([r(b)["fused"] for b in batches]),
+                                 torch.cat([b[keys.LABEL] for b in batches]))
             per_ref.append(selection.part_metrics(outputs))
     shift = np.mean([m["forget_f1"] - m["val_f1"] for m in per_ref])
     assert reference["forget_f1_target"] == pytest.approx(reference["val_f1"] + shift, abs=1e-6)
