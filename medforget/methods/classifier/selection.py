@@ -34,6 +34,8 @@ method that holds reference models which never saw the forget patients (RefDisti
 on *these* patients: the forget terms then aim at the original's val metric shifted by the references' own
 ``forget selection - val`` difference, and the MIA term at the references' own attack AUC. The references are the
 method's (never the retrained model), and they see only the selection part of the forget patients and val patients.
+It is opt-in (RefDistill's ``selection_target="references"``): on the issue-14 leaderboard it did not beat the val
+level, the quarter of a request set aside for selection being too few patients to steer by either way.
 """
 
 from __future__ import annotations
