@@ -17,12 +17,12 @@ from medforget.datamodules.splits import patient_strata, sample_forget_request, 
 
 # The demo's unlearning settings per method, each what ``medforget tune`` chose on validation data only (the
 # selection part of a tuning request of other training patients than the demo's, the retain sample and val
-# patients; never test patients, the retrained model or the patients the audit scores), with the trainer flags of
-# the method's config that the tuning ran with. RefDistill: 8 trials on seed 1's demo hospital and original, K = 2
-# references of its own (``benchmarks/demo_tuning.py``, ``benchmarks/results/demo_tuning.json``). FineTune: 8 trials
-# on seed 0's.
+# patients; never test patients, the retrained model or the patients the audit scores), with the trainer and data
+# flags of the method's config that the tuning ran with (RefDistill: an epoch is one pass over the forget patients).
+# RefDistill: 8 trials on seed 1's demo hospital and original, K = 2 references of its own
+# (``benchmarks/demo_tuning.py``, ``benchmarks/results/demo_tuning.json``). FineTune: 8 trials on seed 0's.
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    "RefDistill": {"epochs": 6, "trainer": {"gradient_clip_val": 1.0},
+    "RefDistill": {"epochs": 6, "trainer": {"gradient_clip_val": 1.0}, "data": {"unlearn_epoch": "forget"},
                    "method_args": {"lr": 6.5e-4, "num_references": 2, "temperature": 2.0, "forget_weight": 1.8,
                                    "retain_kl_weight": 1.3, "retain_ce_weight": 0.54}},
     "FineTune": {"epochs": 4, "trainer": {}, "method_args": {"lr": 6.4e-4}},
@@ -97,7 +97,8 @@ def run_demo(
     arguments = dict(settings.get("method_args", {}) if method_args is None else method_args)
     if unlearn_lr is not None:
         arguments["lr"] = unlearn_lr
-    unlearned = api.unlearn(original, forget, method, root / "unlearned", manifest=manifest, data=data,
+    unlearned = api.unlearn(original, forget, method, root / "unlearned", manifest=manifest,
+                            data={**data, **settings.get("data", {})},
                             method_args=arguments, trainer=settings.get("trainer"),
                             epochs=unlearn_epochs or settings.get("epochs", 4), accelerator=accelerator, seed=seed,
                             overwrite=True)
