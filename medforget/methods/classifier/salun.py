@@ -41,11 +41,24 @@ class SalUn(RandomLabel):
 
     # --- the mask -----------------------------------------------------------------------------------------------
     def compute_masks(self, saliency: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Boolean masks (True = trainable) of the top ``mask_ratio`` weights by saliency, ranked globally."""
-        flat = torch.cat([s.flatten() for s in saliency.values()])
+        """Boolean masks (True = trainable) of the top ``mask_ratio`` weights by saliency, ranked globally: exactly
+        ``k = round(mask_ratio * n)`` weights by index (ties broken by ``topk``), less those of zero saliency (no
+        gradient on the forget loss at all, e.g. the embedding rows of tokens no forget report uses), which are never
+        salient. A threshold ``saliency >= k-th value`` would select every weight once more than ``1 - mask_ratio``
+        of them tie at zero, which made SalUn train all weights, i.e. RandomLabel (issue-14 leaderboard)."""
+        names = list(saliency)
+        flat = torch.cat([saliency[n].flatten() for n in names])
         k = max(1, int(round(self.mask_ratio * flat.numel())))
-        threshold = torch.topk(flat, k, sorted=False).values.min()
-        return {n: s >= threshold for n, s in saliency.items()}
+        chosen = torch.zeros_like(flat, dtype=torch.bool)
+        chosen[torch.topk(flat, k, sorted=False).indices] = True
+        if bool((flat[chosen] > 0).any()):  # without any gradient at all, keep the k weights rather than none
+            chosen &= flat > 0
+        out, start = {}, 0
+        for n in names:
+            size = saliency[n].numel()
+            out[n] = chosen[start:start + size].view_as(saliency[n])
+            start += size
+        return out
 
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         params = dict(self.net.named_parameters())

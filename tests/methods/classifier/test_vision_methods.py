@@ -47,6 +47,19 @@ def test_salun_mask_ranks_saliency_globally():
     assert masks["b"].tolist() == [[True, False], [False, False]]
 
 
+def test_salun_mask_never_selects_everything_through_ties_at_zero():
+    # most weights have no gradient on the forget loss (saliency 0): a ">= k-th value" threshold would be 0 and
+    # select all of them; the mask takes the k most salient by index and never a zero-saliency weight
+    method = SalUn(mask_ratio=0.5)
+    saliency = {"a": torch.tensor([0.0, 0.7, 0.0, 0.0]), "b": torch.tensor([[0.0, 0.2], [0.0, 0.0]])}
+    masks = method.compute_masks(saliency)
+    assert masks["a"].tolist() == [False, True, False, False]
+    assert masks["b"].tolist() == [[False, True], [False, False]]
+    ties = {"w": torch.tensor([0.5, 0.5, 0.5, 0.5, 0.1, 0.1])}  # nonzero ties: exactly k = 3 of the top 4
+    assert int(method.compute_masks(ties)["w"].sum()) == 3 and not method.compute_masks(ties)["w"][4:].any()
+    assert int(method.compute_masks({"z": torch.zeros(4)})["z"].sum()) == 2  # no gradient anywhere: k weights
+
+
 def test_random_wrong_labels_are_wrong_and_cover_every_other_class():
     labels = torch.arange(4).repeat(500)
     wrong = random_wrong_labels(labels, 4, torch.Generator().manual_seed(0))
