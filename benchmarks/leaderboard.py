@@ -73,6 +73,7 @@ SETTINGS = {"5pct": 0.05, "1pct": 0.01, "1patient": None}  # largest first: the 
 TARGET = ("forget_auc", "forget_f1", "test_auc", "patient_mia_auc")
 RETRAIN_ROW = "Retrain"
 MIN_SELECTION_PATIENTS = 4  # smaller requests set none aside for checkpoint selection
+RUN_FLAGS = ("accelerator", "devices", "enable_progress_bar", "logger", "default_root_dir")  # not in tuned configs
 
 
 def fit_seconds(path: str | Path) -> float:
@@ -338,7 +339,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 def tuned_config(args: argparse.Namespace, method: str) -> str | None:
     """The chosen settings of ``method``: the ``best.yaml`` of the seed whose study reached the lowest validation
     score (validation data only, never the audited requests), as a config with a header saying where it comes from,
-    the run-specific paths cleared (``reference_dir``: the method trains or caches its own). ``None``: no study."""
+    the run-specific paths and trainer flags cleared (``reference_dir``: the method trains or caches its own;
+    :data:`RUN_FLAGS`). ``None``: no study."""
     import yaml
 
     studies = []
@@ -355,6 +357,9 @@ def tuned_config(args: argparse.Namespace, method: str) -> str | None:
     if init_args.get("reference_dir") is not None:
         init_args["reference_dir"] = None
     config.pop("out", None)
+    trainer = config.get("trainer") or {}
+    for key in RUN_FLAGS:  # how this run was executed, not the method's settings
+        trainer.pop(key, None)
     others = ", ".join(f"seed {s} {v:.4f}" for v, s, _ in sorted(studies, key=lambda x: x[1]) if s != seed)
     header = (f"# {method} as tuned by benchmarks/leaderboard.py (issue 14): `medforget tune`, {args.trials} trials "
               f"per seed on a tuning request of 5% of\n# the training patients (validation data only), hospital of "
