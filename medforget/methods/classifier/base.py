@@ -8,7 +8,7 @@ method touches one file and every registry-parametrized test exercises it.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -197,13 +197,17 @@ class UnlearningMethod(UnlearningBase):
             return
         was_training = self.training
         self.eval()
-        outputs = {}
-        with torch.no_grad():
-            for part in parts:
-                chunks = [(self(b)["fused"].float().cpu(), b[keys.LABEL].cpu()) for b in self.part_batches(part)]
-                outputs[part] = _concat(chunks)
+        outputs = {part: self.part_logits(part) for part in parts}
         self.train(was_training)
         self.selection_reference = selection.part_metrics(outputs)
+
+    @torch.no_grad()
+    def part_logits(self, part: str, model: Callable[[dict], dict[str, torch.Tensor]] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused-head logits and labels (on the CPU) of ``model`` (default: this system, as it is) over one
+        datamodule part (:meth:`part_batches`), for setup-time measurements such as the selection reference."""
+        model = model if model is not None else self
+        return _concat([(model(b)["fused"].float().cpu(), b[keys.LABEL].cpu()) for b in self.part_batches(part)])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

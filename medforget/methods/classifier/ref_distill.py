@@ -172,16 +172,11 @@ class RefDistill(TeacherStudent):
         parts = self._validation_parts()
         if keys.FORGET_SELECTION not in parts or not self._references:
             return
-        per_reference: list[dict[str, list]] = [{} for _ in self._references]
-        with torch.no_grad():
-            for part in (keys.FORGET_SELECTION, keys.VAL):
-                for batch in self.part_batches(part):
-                    for outputs, reference in zip(per_reference, self._references, strict=True):
-                        reference.to(self.device)
-                        outputs.setdefault(part, []).append((reference(batch)["fused"].float().cpu(),
-                                                             batch[keys.LABEL].cpu()))
-        metrics = [selection.part_metrics({p: (torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
-                                           for p, chunks in outputs.items()}) for outputs in per_reference]
+        metrics = []
+        for reference in self._references:
+            reference.to(self.device)
+            metrics.append(selection.part_metrics({part: self.part_logits(part, reference)
+                                                   for part in (keys.FORGET_SELECTION, keys.VAL)}))
         self.selection_reference = {**self.selection_reference,
                                     **selection.reference_targets(self.selection_reference, metrics)}
 

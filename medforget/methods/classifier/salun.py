@@ -53,12 +53,8 @@ class SalUn(RandomLabel):
         chosen[torch.topk(flat, k, sorted=False).indices] = True
         if bool((flat[chosen] > 0).any()):  # without any gradient at all, keep the k weights rather than none
             chosen &= flat > 0
-        out, start = {}, 0
-        for n in names:
-            size = saliency[n].numel()
-            out[n] = chosen[start:start + size].view_as(saliency[n])
-            start += size
-        return out
+        pieces = chosen.split([saliency[n].numel() for n in names])
+        return {n: piece.view_as(saliency[n]) for n, piece in zip(names, pieces, strict=True)}
 
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         params = dict(self.net.named_parameters())
