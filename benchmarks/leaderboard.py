@@ -63,6 +63,7 @@ from multimodal import quiet  # noqa: E402
 
 from medforget import api  # noqa: E402
 from medforget.core.checkpoint import read_checkpoint  # noqa: E402
+from medforget.core.io import atomic_write_text  # noqa: E402
 from medforget.datamodules.dicom_report import DicomReportDataModule  # noqa: E402
 from medforget.datamodules.splits import write_patient_ids  # noqa: E402
 from medforget.datamodules.synthetic import SyntheticConfig, generate_hospital  # noqa: E402
@@ -380,16 +381,9 @@ def write_tuned_configs(args: argparse.Namespace, folder: Path) -> list[Path]:
         source = config_of(method)
         if text is None or source is None:
             continue
-        _write(folder / source.name, text)
+        atomic_write_text(folder / source.name, text)
         written.append(folder / source.name)
     return written
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -445,7 +439,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             raw, missing = raw + rows_of_seed, missing + missing_of_seed
         else:
             raw += run_seed(args, seed)
-        _write(args.out / "raw.json", json.dumps(raw, indent=1, default=str))
+        atomic_write_text(args.out / "raw.json", json.dumps(raw, indent=1, default=str))
     rows = leaderboard(raw, args.patients, args.image_size)
     for row in rows:
         row["missing"] = [m for m in missing if m["setting"] == row["setting"] and m["method"] in (row["method"], None)]
@@ -460,8 +454,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.write_configs is not None:
         for path in write_tuned_configs(args, args.write_configs):
             print(f"wrote {path}", flush=True)
-    _write(results, json.dumps(rows, indent=1, default=str) + "\n")
-    _write(args.out / "table.md", header + "\n\n" + table(rows) + "\n")
+    atomic_write_text(results, json.dumps(rows, indent=1, default=str) + "\n")
+    atomic_write_text(args.out / "table.md", header + "\n\n" + table(rows) + "\n")
     print("\n" + header + "\n\n" + table(rows) + f"\n\nwrote {results}", flush=True)
     return rows
 

@@ -45,6 +45,7 @@ from typing import Any
 import lightning as L
 import yaml
 
+from medforget.core.io import atomic_write_text
 from medforget.core.runlock import RunLock, releasing_locks
 from medforget.methods.classifier.selection import GAP_NAMES
 from medforget.methods.classifier.selection import SCORE as SELECTION_SCORE
@@ -157,12 +158,6 @@ class _Reporter(L.Callback):
         if self.trial.should_prune():
             self.pruned = True
             trainer.should_stop = True
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def fixed_settings(forwarded: list[str]) -> dict[str, dict[str, Any]]:
@@ -300,10 +295,10 @@ def tune(args: list[str] | None = None) -> dict[str, Any]:
     if not complete:
         raise RuntimeError(f"no trial of the study in {out / 'tune.db'} completed")
     best = study.best_trial
-    _write_atomic(out / "best.yaml", _best_config(content, name, best.params, study, opts.objective,
+    atomic_write_text(out / "best.yaml", _best_config(content, name, best.params, study, opts.objective,
                                                   fixed_settings(forwarded)))
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
-    _write_atomic(out / "trials.csv", frame.to_csv(index=False))
+    atomic_write_text(out / "trials.csv", frame.to_csv(index=False))
     plot = _plot(study, out / "optimization_history.png")
     summary = {"method": name, "objective": opts.objective, "best_value": best.value, "best_params": best.params,
                "best_trial": best.number, "trials": len(study.trials),
@@ -311,7 +306,7 @@ def tune(args: list[str] | None = None) -> dict[str, Any]:
                "best_yaml": str(out / "best.yaml"), "trials_csv": str(out / "trials.csv"),
                "plot": str(plot) if plot else None,
                "search_space": {k: repr(v) for k, v in space.items()} | {"max_epochs": f"IntKnob(1, {high})"}}
-    _write_atomic(out / "tune.json", json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out / "tune.json", json.dumps(summary, indent=2, default=str))
     print(f"best {opts.objective} = {best.value:.4f} (trial {best.number}): {best.params}\nwrote {out / 'best.yaml'}, "
           f"{out / 'trials.csv'}" + (f", {plot}" if plot else ""), flush=True)
     return summary
