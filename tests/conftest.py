@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -19,6 +22,19 @@ TINY_MODEL = [
     "--model.max_length=48",
 ]
 TINY_DATA = ["--data.image_size=32", "--data.batch_size=16"]
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(script: str, name: str) -> ModuleType:
+    """``benchmarks/<script>.py`` (not a package) imported as the module ``name``, registered in ``sys.modules`` (so
+    its forked or spawned workers find it), with ``benchmarks/`` on ``sys.path`` for its sibling imports."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -3,25 +3,14 @@ arguments, and a step's output and failure in its log."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark
 
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("llm_benchmark", ROOT / "benchmarks" / "llm.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["llm_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-llm = load_benchmark()
+llm = load_benchmark("llm", "llm_benchmark")
 
 
 def _result(mia_auc: float, utility: float = 1.0, seed: int = 0) -> dict:

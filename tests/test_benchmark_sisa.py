@@ -3,25 +3,15 @@ unlearning for every K, and a retrained-shard record consistent with the request
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("sisa_benchmark", ROOT / "benchmarks" / "sisa.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sisa_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def test_quick_sisa_benchmark(tmp_path):
     results = tmp_path / "sisa.json"
-    out = load_benchmark().main(["--quick", f"--out={tmp_path / 'runs'}", f"--results={results}"])
+    sisa = load_benchmark("sisa", "sisa_benchmark")
+    out = sisa.main(["--quick", f"--out={tmp_path / 'runs'}", f"--results={results}"])
     saved = json.loads(results.read_text())
     assert {"shards", "test_auc", "unlearn_time_ratio", "verdicts"} <= set(saved)
     assert saved["shards"] == [1, 2] == out["shards"]

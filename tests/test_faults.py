@@ -3,25 +3,13 @@ few seeded trials; each must end in a clear error or a clean result, with nothin
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark
 
-
-def load_faults():
-    spec = importlib.util.spec_from_file_location("faults", ROOT / "benchmarks" / "faults.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["faults"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-faults = load_faults()
+faults = load_benchmark("faults", "faults")
 
 
 @pytest.fixture(scope="module")

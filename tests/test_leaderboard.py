@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark
+
 KEYS = {"method", "setting", "avg_gap", "noise_floor", "gap_over_floor", "retain_acc_gap", "time_ratio", "pass",
         "inconclusive", "fail", "per_patient_pass_share", "patients", "image_size"}
 
 
-def load_leaderboard():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("leaderboard", ROOT / "benchmarks" / "leaderboard.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["leaderboard"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-leaderboard = load_leaderboard()
+leaderboard = load_benchmark("leaderboard", "leaderboard")
 
 
 def _model(forget_auc, forget_f1, test_auc, mia, retain_acc=1.0):
