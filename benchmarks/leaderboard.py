@@ -65,7 +65,7 @@ from medforget import api  # noqa: E402
 from medforget.core.checkpoint import read_checkpoint  # noqa: E402
 from medforget.core.io import atomic_write_text  # noqa: E402
 from medforget.datamodules.dicom_report import DicomReportDataModule  # noqa: E402
-from medforget.datamodules.splits import write_patient_ids  # noqa: E402
+from medforget.datamodules.splits import MIN_AUDIT_PATIENTS, write_patient_ids  # noqa: E402
 from medforget.datamodules.synthetic import SyntheticConfig, generate_hospital  # noqa: E402
 from medforget.methods.classifier import get_method, list_methods  # noqa: E402
 from medforget.methods.classifier.ref_distill import train_method_references  # noqa: E402
@@ -143,6 +143,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     dm.setup()
     tuning, requests = requests_for(list(set(dm.df.loc[dm.indices["train"], "patient_id"].astype(str))), seed)
     tuning_file = write_patient_ids(tuning, root / "tuning_request.txt")
+    # most of the tuning request is the objective's (it is never audited), leaving the datamodule its 2 others
+    tuning_selection = min(args.tuning_selection, (len(tuning) - MIN_AUDIT_PATIENTS) / len(tuning))
 
     def method_args(method: str) -> dict[str, Any] | None:
         if method == "RefDistill":  # its own references: K, seed 1000 (not the audit's), cached per seed
@@ -157,7 +159,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
             continue
         with quiet(args.quiet):
             summary = api.tune(original, tuning_file, method, root / "tune" / method, n_trials=args.trials,
-                               sampler_seed=seed, data=data, method_args=method_args(method), **run)
+                               sampler_seed=seed, data={**data, "selection_fraction": tuning_selection},
+                               method_args=method_args(method), **run)
         configs[method] = {"config": Path(summary["best_yaml"]), "tuned": True, "best_params": summary["best_params"],
                            "validation_score": summary["best_value"],
                            "tuning_seconds": tuning_seconds(summary["trials_csv"])}
@@ -169,7 +172,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         request = requests[setting]
         base = root / setting
         forget = write_patient_ids(request, base / "forget.txt")
-        selection = 0.25 if len(request) >= MIN_SELECTION_PATIENTS else 0.0
+        selection = args.request_selection if len(request) >= MIN_SELECTION_PATIENTS else 0.0
         retrained = []
         for r in range(args.retrains):
             with quiet(args.quiet):
@@ -191,7 +194,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
             with quiet(args.quiet):
                 unlearned[method] = _once(api.unlearn, base / method, ckpt=original, forget=forget,
                                           method=None if config else method, config=config, data=request_data,
-                                          method_args=method_args(method), seed=seed, **run)
+                                          method_args=method_args(method), seed=seed, **run,
+                                          extra_args=[] if selection else ["--checkpoint.monitor=null"])
         for name, path in unlearned.items():
             audit_dir = base / "audit" / name
             if (audit_dir / "audit.json").exists():
@@ -398,6 +402,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--small-methods", nargs="+", default=None,
                         help="methods run at the 1pct and 1patient settings (default: --methods), e.g. the best at 5%%")
     parser.add_argument("--trials", type=int, default=10, help="tuning trials per method and seed (fixed budget)")
+    parser.add_argument("--tuning-selection", type=float, default=0.9,
+                        help="share of the tuning request set aside for the tuning objective (never audited)")
+    parser.add_argument("--request-selection", type=float, default=0.0,
+                        help="share of each audited request set aside for checkpoint selection; 0 (default): none, "
+                             "the tuned epochs and the last weights, every forget patient audited")
     parser.add_argument("--retrains", type=int, default=2, help="retrained models per seed and setting (>= 2)")
     parser.add_argument("--audit-references", type=int, default=4, help="the audit's K reference models")
     parser.add_argument("--method-references", type=int, default=4, help="RefDistill's own K reference models")

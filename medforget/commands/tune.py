@@ -11,8 +11,17 @@ score :data:`medforget.methods.classifier.selection.SCORE`: the forget patients 
 (``--data.selection_fraction``; the audit never scores them), a sample of retain patients and the val patients,
 compared with the original model. No trial ever sees a test patient, the retrained model, or a forget sample the
 audit scores; an ``--objective`` (or a ``checkpoint.monitor`` in the unlearn config) that names the test split is
-refused. A trial's value is the best epoch's score (the epoch its run exports), so the tuned ``max_epochs`` is an
-upper bound and checkpoint selection picks the epoch, as in a plain ``unlearn`` run.
+refused. A trial's value is the best epoch's score (the epoch its run exports); ``best.yaml`` sets
+``trainer.max_epochs`` to the number of epochs that run had *trained when it exported* (its selected epoch + 1, no
+more than the sampled ``max_epochs``), so applying it reproduces the tuned trial's model and stops where it stopped.
+With checkpoint selection left on, a plain ``unlearn`` run may still pick an earlier epoch.
+
+**A tuning request.** The forget patients set aside for validation are the objective's only view of forgetting, and
+the audit never scores them: with the default quarter of a 35-patient request the objective rests on 9 patients,
+whose own difficulty (a retrained model lands some requests above, some below the val level) decides the winner.
+When the request is for tuning only (patients drawn apart from every request to be audited, as the issue-14
+leaderboard does), set most of it aside, ``--data.selection_fraction 0.9``, and apply ``best.yaml`` to the real
+requests with ``--checkpoint.monitor null`` (the tuned epochs, the last weights, every forget patient audited).
 
 The study lives in ``sqlite:///<out>/tune.db``: rerunning the same command resumes it and runs only the trials
 missing to reach ``--n_trials`` (a trial left running by a crash is marked failed and rerun). Outputs:
@@ -181,6 +190,14 @@ def fixed_settings(forwarded: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def trained_epochs(trial: Any) -> int:
+    """The epochs a trial had trained when its run exported: its selected epoch + 1 (the sampled ``max_epochs``
+    when the run recorded no selected epoch, e.g. a trial of an older study)."""
+    sampled = int(trial.params["max_epochs"])
+    selected = trial.user_attrs.get("selected_epoch")
+    return sampled if selected is None else max(1, min(sampled, int(selected) + 1))
+
+
 def _best_config(content: dict[str, Any], name: str, params: dict[str, Any], study: Any, objective: str,
                  fixed: dict[str, dict[str, Any]] | None = None) -> str:
     config = json.loads(json.dumps(content))  # a deep copy
@@ -194,7 +211,7 @@ def _best_config(content: dict[str, Any], name: str, params: dict[str, Any], stu
     config["model"] = model
     trainer = {**(config.get("trainer") or {}), **fixed.get("trainer", {})}
     if "max_epochs" in params:
-        trainer["max_epochs"] = int(params["max_epochs"])
+        trainer["max_epochs"] = trained_epochs(study.best_trial)
     if trainer:
         config["trainer"] = trainer
     for key in ("ckpt", "forget", "ckpt_path"):
@@ -301,7 +318,8 @@ def tune(args: list[str] | None = None) -> dict[str, Any]:
     atomic_write_text(out / "trials.csv", frame.to_csv(index=False))
     plot = _plot(study, out / "optimization_history.png")
     summary = {"method": name, "objective": opts.objective, "best_value": best.value, "best_params": best.params,
-               "best_trial": best.number, "trials": len(study.trials),
+               "best_trial": best.number, "best_epochs": trained_epochs(best) if "max_epochs" in best.params else None,
+               "trials": len(study.trials),
                "complete": len(complete), "pruned": len(study.get_trials(deepcopy=False, states=(states.PRUNED,))),
                "best_yaml": str(out / "best.yaml"), "trials_csv": str(out / "trials.csv"),
                "plot": str(plot) if plot else None,

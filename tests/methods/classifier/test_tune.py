@@ -10,7 +10,7 @@ import yaml
 
 from medforget.cli import main
 from medforget.commands import unlearn
-from medforget.commands.tune import ROOT, check_objective, config_for, tune
+from medforget.commands.tune import ROOT, check_objective, config_for, trained_epochs, tune
 from medforget.core.checkpoint import read_checkpoint
 from medforget.methods.classifier import get_method
 from medforget.methods.classifier.search_space import FloatKnob
@@ -62,7 +62,10 @@ def test_tune_runs_resumes_and_writes_a_usable_config(trained_ckpt, forget_file,
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["model"]["class_path"].endswith(".FineTune")
     assert best["model"]["init_args"]["lr"] == pytest.approx(study.best_params["lr"])
-    assert best["trainer"]["max_epochs"] == study.best_params["max_epochs"]
+    # the epochs the best trial had trained when it exported (its selected epoch + 1), within the sampled bound
+    selected = study.best_trial.user_attrs["selected_epoch"]
+    assert best["trainer"]["max_epochs"] == min(selected + 1, study.best_params["max_epochs"])
+    assert second["best_epochs"] == best["trainer"]["max_epochs"]
     assert best["model"]["init_args"]["weight_decay"] == 0.01 and best["trainer"]["gradient_clip_val"] == 2.0
     path = unlearn([f"--config={out / 'best.yaml'}", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
                     f"--data.manifest={tiny_hospital}", "--data.image_size=32", "--data.batch_size=16",
@@ -127,3 +130,12 @@ def test_a_method_is_tuned_from_its_own_config():
     assert path == ROOT / "configs" / "unlearn" / "ref_distill.yaml" and path.is_file()
     assert content["data"]["unlearn_epoch"] == "forget" and content["trainer"]["gradient_clip_val"] == 1.0
     assert config_for("FineTune", None)[1] == ROOT / "configs" / "unlearn" / "finetune.yaml"
+
+
+@pytest.mark.parametrize(("selected", "expected"), [(2, 3), (0, 1), (5, 5), (None, 5)])
+def test_trained_epochs_is_the_exported_epoch_count(selected, expected):
+    # selected 5 of max_epochs 5: a run without selection reports the trainer's epoch counter after the last epoch
+    attrs = {} if selected is None else {"selected_epoch": selected}
+    trial = optuna.trial.create_trial(params={"max_epochs": 5}, value=0.1, user_attrs=attrs,
+                                      distributions={"max_epochs": optuna.distributions.IntDistribution(1, 6)})
+    assert trained_epochs(trial) == expected
