@@ -3,25 +3,29 @@
 For every seed: a synthetic hospital (``--patients``, ``--image-size`` px) and one original model. Then
 
 1. **Tuning** (``api.tune``, i.e. ``medforget tune``; the same trial budget ``--trials`` for every method that
-   trains):
-   each method is tuned once per seed on a *tuning request*, 5% of the training patients drawn apart from every
-   audited request, on validation data only (its forget-selection, retain-sample and val patients, against the
-   original). The best settings (``<out>/seed<s>/tune/<method>/best.yaml``) are used for every setting of that seed.
-   Training-free methods run from their ``configs/unlearn/*.yaml`` (not tuned).
+   trains): each method is tuned once per seed on a *tuning request*, 5% of the training patients drawn apart from
+   every audited request, on validation data only (against the original: its forget-selection patients, a retain
+   sample and the val patients). The tuning request is never audited, so ``--tuning-selection`` (90%) of it is the
+   objective's forget-selection part, not the quarter a real request can spare. The best settings
+   (``<out>/seed<s>/tune/<method>/best.yaml``, its epochs those the best trial trained) are used for every setting
+   of that seed. Training-free methods run from their ``configs/unlearn/*.yaml`` (not tuned).
 2. **Settings**: nested forget requests of 5% and 1% of the training patients and a single patient (disjoint from
-   the tuning request). For each: ``--retrains`` models retrained without the request with different seeds (the
-   first is the audit's target; the second, audited in the unlearned model's place as the row ``Retrain``, gives
-   the **noise floor**: the same average |gap| between two retrained models), and every method unlearns the original
-   with its tuned config. Requests of fewer than 4 patients set no forget patient aside for checkpoint selection
-   (``--data.selection_fraction 0``), so the audit keeps all of them.
-3. **Audit**: ``api.evaluate`` (the ``evaluate`` verb) with ``--audit.reference_models K`` (LiRA/RMIA and the
-   per-patient test; one reference set per seed, trained without the 5% request and reused by the nested smaller
-   ones): the three-way verdict and the per-patient pass share.
+   the tuning request). For each: ``--retrains`` models retrained without the request with different seeds (all but
+   the last are the audit's targets; the last is audited in the unlearned model's place as the row ``Retrain``,
+   whose average |gap| is the **noise floor**), and every method unlearns the original with its tuned config,
+   *blind* by default (``--request-selection 0``): the tuned epochs, the last weights, no checkpoint selection on the
+   request, so every forget patient is audited and no epoch is chosen on a handful of patients whose own difficulty
+   decides it. ``--request-selection 0.25`` sets a quarter of each request aside for checkpoint selection instead
+   (requests of fewer than 4 patients never do).
+3. **Audit**: ``api.evaluate`` (the ``evaluate`` verb) of each model against every target (one run per target: the
+   intervals hold the target's seed noise, and the targets' own gap is the verdict's noise floor), with
+   ``--audit.reference_models K`` (LiRA/RMIA and the per-patient test; one reference set per seed, trained without
+   the 5% request and reused by the nested smaller ones): the three-way verdict and the per-patient pass share.
 
-Rows of ``leaderboard.json`` (one per method and setting, over seeds): ``avg_gap`` (mean |gap| to the retrained model
+Rows of ``leaderboard.json`` (one per method and setting, over seeds): ``avg_gap`` (mean |gap| to the retrained targets
 over forget AUC, forget F1, test AUC and the patient-level loss-attack MIA AUC; NaN terms, e.g. a forget AUC of a
-single-class patient, are left out), ``noise_floor`` (the same for the second retrain), ``gap_over_floor``,
-``retain_acc_gap`` (|retain accuracy - the retrained model's|), ``time_ratio`` (unlearning fit time / retraining fit
+single-class patient, are left out), ``noise_floor`` (the same for the last retrain), ``gap_over_floor``,
+``retain_acc_gap`` (|retain accuracy - the targets'|), ``time_ratio`` (unlearning fit time / retraining fit
 time; tuning is reported apart as ``tuning_time_ratio``, RefDistill's own reference models, trained before its
 unlearning runs and reused by every setting of a seed, as ``reference_time_ratio``), ``pass`` / ``inconclusive`` /
 ``fail`` (verdict counts over seeds), ``per_patient_pass_share`` (mean over seeds), ``patients`` and ``image_size``.
@@ -102,9 +106,10 @@ def requests_for(train_patients: list[str], seed: int) -> tuple[list[str], dict[
     return sorted(tuning), {"5pct": sorted(audited), "1pct": sorted(audited[:n1]), "1patient": [audited[0]]}
 
 
-def model_row(report: dict[str, Any], name: str) -> dict[str, float]:
-    """The row's metrics of one model; an undefined one (``NaN`` in memory, ``null`` in ``audit.json``) is NaN."""
-    result = report["runs"][0]["models"][name]
+def model_row(report: dict[str, Any], name: str, run: int = 0) -> dict[str, float]:
+    """The row's metrics of one model in one run of the audit; an undefined one (``NaN`` in memory, ``null`` in
+    ``audit.json``) is NaN."""
+    result = report["runs"][run]["models"][name]
     metrics = result["metrics"]
     values = {
         "forget_auc": metrics["forget"]["fused"]["auc"],
@@ -179,7 +184,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
                 retrained.append(_once(api.train, base / f"retrained{r}", exclude_patients=forget,
                                        epochs=args.epochs, seed=seed + 1000 * r, data=data, **run))
         retrain_s = fit_seconds(retrained[0])
-        unlearned = {RETRAIN_ROW: retrained[1]}
+        targets = retrained[:-1]  # the audit's targets; the last retrained model is audited as the Retrain row
+        unlearned = {RETRAIN_ROW: retrained[-1]}
         # its own references first, so that time_ratio is the unlearning alone
         if "RefDistill" in methods_at(args, setting):
             request_dm = DicomReportDataModule(str(hospital), mode="unlearn", forget=str(forget),
@@ -202,7 +208,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
                 report = json.loads((audit_dir / "audit.json").read_text())
             else:
                 with quiet(args.quiet):
-                    report = api.evaluate(forget, original=original, unlearned=path, retrained=retrained[0],
+                    report = api.evaluate(forget, original=original, unlearned=path, retrained=targets,
                                           manifest=hospital, out=audit_dir, accelerator=args.accelerator,
                                           data=request_data,
                                           audit={"reference_models": args.audit_references,
@@ -237,14 +243,17 @@ def make_row(report: dict[str, Any], seed: int, setting: str, name: str, forget_
            "audited_forget_patients": report["data"]["parts"]["forget"]["patients"],
            "verdict": report["verdict"], "per_patient_pass_share": per_patient.get("pass_share", math.nan),
            "unlearned": model_row(report, "unlearned"), "retrained": model_row(report, "retrained"),
+           "targets": len(report["runs"]),
            "time_ratio": 1.0 if name == RETRAIN_ROW else fit_seconds(path) / retrain_s,
            "tuning_time_ratio": config.get("tuning_seconds", 0.0) / retrain_s,
            "tuned": config.get("tuned", False), "best_params": config.get("best_params")}
     if name == "RefDistill":
         row["reference_time_ratio"] = sum(fit_seconds(p) for p in (root / "method_references").glob(
             "*/model_*.ckpt")) / retrain_s
-    row["avg_gap"] = avg_gap(row["unlearned"], row["retrained"])
-    row["retain_acc_gap"] = abs(row["unlearned"]["retain_acc"] - row["retrained"]["retain_acc"])
+    # over the audit's runs, one per retrained target (the unlearned model is the same in each)
+    pairs = [(model_row(report, "unlearned", i), model_row(report, "retrained", i)) for i in range(row["targets"])]
+    row["avg_gap"] = _nanmean([avg_gap(u, t) for u, t in pairs])
+    row["retain_acc_gap"] = _nanmean([abs(u["retain_acc"] - t["retain_acc"]) for u, t in pairs])
     return row
 
 
@@ -272,7 +281,7 @@ def collect_seed(args: argparse.Namespace, seed: int) -> tuple[list[dict[str, An
             if not audit.exists():
                 missing.append({"seed": seed, "setting": setting, "method": name})
                 continue
-            path = base / ("retrained1" if name == RETRAIN_ROW else name) / "model.ckpt"
+            path = base / (f"retrained{args.retrains - 1}" if name == RETRAIN_ROW else name) / "model.ckpt"
             raw.append(make_row(json.loads(audit.read_text()), seed, setting, name, len(request), path, retrain_s,
                                 configs.get(name, {}), root))
             print_row(raw[-1])
@@ -407,7 +416,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--request-selection", type=float, default=0.0,
                         help="share of each audited request set aside for checkpoint selection; 0 (default): none, "
                              "the tuned epochs and the last weights, every forget patient audited")
-    parser.add_argument("--retrains", type=int, default=2, help="retrained models per seed and setting (>= 2)")
+    parser.add_argument("--retrains", type=int, default=3,
+                        help="retrained models per seed and setting (>= 2): every model is audited against all but "
+                             "the last (the audit's noise floor, with 2 or more), the last is the Retrain row")
     parser.add_argument("--audit-references", type=int, default=4, help="the audit's K reference models")
     parser.add_argument("--method-references", type=int, default=4, help="RefDistill's own K reference models")
     parser.add_argument("--accelerator", default="cpu")

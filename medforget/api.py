@@ -199,7 +199,9 @@ def evaluate(
         forget: The forget request file(s): one for all runs or one per run.
         original: Checkpoint(s) of the original model, one per run (seed).
         unlearned: Checkpoint(s) of the unlearned model.
-        retrained: Checkpoint(s) of the model retrained without the forget patients (the target).
+        retrained: Checkpoint(s) of the model retrained without the forget patients (the target). Several with one
+            ``original`` and ``unlearned``: the one unlearned model is audited against each, and the gap between the
+            retrained models is the verdict's noise floor.
         manifest: The manifest the models were trained on.
         out: Output directory.
         accelerator: Lightning accelerator for inference.

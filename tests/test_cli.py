@@ -90,6 +90,20 @@ def test_evaluate_rejects_bad_audit_options(tiny_hospital, forget_file, trained_
     with pytest.raises(SystemExit):
         evaluate([*base, "--unlearned", str(trained_ckpt), str(trained_ckpt)])  # 2 unlearned for 1 original
     assert "same number of checkpoints" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one unlearned against the same retrained model twice: no noise floor
+        evaluate([*base, "--retrained", str(trained_ckpt), str(trained_ckpt)])
+    assert "same checkpoint twice" in capsys.readouterr().err
+
+
+def test_audit_runs_broadcast_one_unlearned_over_several_retrained():
+    from medforget.commands.classifier import audit_runs
+
+    runs = audit_runs({"original": ["o"], "unlearned": ["u"], "retrained": ["r0", "r1", "r2"]})
+    assert runs == [{"original": "o", "unlearned": "u", "retrained": r} for r in ("r0", "r1", "r2")]
+    assert audit_runs({"original": ["o0", "o1"], "retrained": ["r0", "r1"]}) == [
+        {"original": "o0", "retrained": "r0"}, {"original": "o1", "retrained": "r1"}]
+    with pytest.raises(ValueError, match="same number"):  # several unlearned: runs must pair up one to one
+        audit_runs({"original": ["o"], "unlearned": ["u0", "u1"], "retrained": ["r0", "r1", "r2"]})
 
 
 def test_unlearn_from_yaml_config(tiny_hospital, forget_file, trained_ckpt, tmp_path):

@@ -86,7 +86,7 @@ def test_quick_leaderboard(tmp_path, monkeypatch):
     assert kept(again) == kept(rows)
 
 
-def _audit(verdict, forget_auc, share, patients=6):
+def _audit(verdict, forget_auc, share, patients=6, targets=(0.6,)):
     def model(auc):
         return {"metrics": {"forget": {"fused": {"auc": auc, "f1": 0.5}}, "test": {"fused": {"auc": 0.8}},
                             "retain": {"fused": {"accuracy": 1.0}}},
@@ -94,7 +94,7 @@ def _audit(verdict, forget_auc, share, patients=6):
 
     return {"verdict": verdict, "data": {"parts": {"forget": {"patients": patients}}},
             "per_patient": [{"unlearned": {"pass_share": share}}],
-            "runs": [{"models": {"unlearned": model(forget_auc), "retrained": model(0.6)}}]}
+            "runs": [{"models": {"unlearned": model(forget_auc), "retrained": model(t)}} for t in targets]}
 
 
 def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monkeypatch):
@@ -103,7 +103,9 @@ def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monke
     (base / "retrained0").mkdir(parents=True)
     (base / "retrained0" / "model.ckpt").write_bytes(b"")  # its fit time comes from the patched fit_seconds
     (base / "forget.txt").write_text("a\nb\nc\n")
-    for name, audit in (("Retrain", _audit("inconclusive", 0.62, 1.0)), ("SCRUB", _audit("fail", 0.7, 0.5))):
+    # SCRUB audited against two retrained targets (forget AUC 0.6 and 0.64): its gap is the mean over both
+    for name, audit in (("Retrain", _audit("inconclusive", 0.62, 1.0)),
+                        ("SCRUB", _audit("fail", 0.7, 0.5, targets=(0.6, 0.64)))):
         (base / "audit" / name).mkdir(parents=True)
         (base / "audit" / name / "audit.json").write_text(json.dumps(audit))
     tune = tmp_path / "seed0" / "tune" / "SCRUB"
@@ -114,7 +116,7 @@ def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monke
     summary = {"best_params": {"lr": 0.1}, "trials_csv": str(tune / "trials.csv"), "best_value": 0.02,
                "best_trial": 1, "best_yaml": str(tune / "best.yaml"), "objective": "val/selection_score"}
     (tune / "tune.json").write_text(json.dumps(summary))
-    seconds = {"retrained0": 100.0, "retrained1": 100.0, "SCRUB": 5.0}
+    seconds = {"retrained0": 100.0, "retrained2": 100.0, "SCRUB": 5.0}  # retrained2: the Retrain row (3 retrains)
     monkeypatch.setattr(leaderboard, "fit_seconds", lambda path: seconds[Path(path).parent.name])
     def refuse(*args, **kwargs):
         raise AssertionError("--collect ran a step")
@@ -127,8 +129,8 @@ def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monke
     by = {r["method"]: r for r in rows}
     assert set(by) == {"Retrain", "SCRUB"}
     x = by["SCRUB"]
-    assert x["avg_gap"] == pytest.approx(0.1 / 4) and x["noise_floor"] == pytest.approx(0.02 / 4)
-    assert x["gap_over_floor"] == pytest.approx(5.0) and x["time_ratio"] == pytest.approx(0.05)
+    assert x["avg_gap"] == pytest.approx((0.1 + 0.06) / 2 / 4) and x["noise_floor"] == pytest.approx(0.02 / 4)
+    assert x["gap_over_floor"] == pytest.approx(4.0) and x["time_ratio"] == pytest.approx(0.05)
     assert x["tuning_time_ratio"] == pytest.approx(0.4) and (x["fail"], x["per_patient_pass_share"]) == (1, 0.5)
     assert x["forget_patients"] == 3 and x["patients"] == 120
     missing = [(m["setting"], m["method"]) for m in x["missing"]]

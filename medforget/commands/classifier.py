@@ -162,6 +162,23 @@ def _select_checkpoint(cli: LightningCLI) -> dict[str, Any]:
             "score": float(callback.best_model_score), **state.get("medforget_selection", {})}
 
 
+def audit_runs(given: dict[str, list[str]]) -> list[dict[str, str]]:
+    """The audit's runs from the checkpoints given per model: one per seed, the same number for each model, or one
+    ``--original`` and ``--unlearned`` with several ``--retrained`` models (seeds of the target). The second form
+    audits the one unlearned model against each retrained model: the interval then holds the target's seed noise and
+    the gap between the retrained models is the noise floor of the verdict."""
+    sizes = {k: len(v) for k, v in given.items()}
+    n_runs = max(sizes.values())
+    broadcast = n_runs > 1 and sizes.get("retrained") == n_runs and all(
+        n == 1 for k, n in sizes.items() if k != "retrained")
+    if len(set(sizes.values())) != 1 and not broadcast:
+        raise ValueError(f"give the same number of checkpoints for each model (one per run), or one --original and "
+                         f"--unlearned with several --retrained; got {sizes}")
+    if broadcast and len(set(given["retrained"])) != n_runs:
+        raise ValueError("--retrained names the same checkpoint twice: the noise floor needs distinct retrained models")
+    return [{k: v[i if len(v) > 1 else 0] for k, v in given.items()} for i in range(n_runs)]
+
+
 @releasing_locks
 def evaluate(args: list[str] | None = None) -> dict[str, Any]:
     """``medforget evaluate``: the audit (``audit.json``, ``audit.md``, ``audit.html``, plots) of original / unlearned /
@@ -184,7 +201,9 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any]:
     for name, what in (("original", "the original model"), ("unlearned", "the unlearned model"),
                        ("retrained", "the model retrained without the forget patients (the target)")):
         parser.add_argument(f"--{name}", type=str, nargs="+", default=None,
-                            help=f"Checkpoint(s) of {what}; several (one per seed) give mean ± std.")
+                            help=f"Checkpoint(s) of {what}; several (one per seed) give mean ± std. Several "
+                                 "--retrained with one --original and --unlearned audit that model against each "
+                                 "retrained model (their own gap is the verdict's noise floor).")
     parser.add_argument("--forget", type=str, nargs="+", default=None,
                         help="Forget request file(s): one patient ID per line; one for all runs or one per run.")
     parser.add_argument("--out", type=str, default="runs/evaluation",
@@ -202,12 +221,11 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any]:
         parser.error("give at least one of --original, --unlearned, --retrained")
     if not cfg.forget:
         parser.error("--forget is required")
-    sizes = {len(v) for v in given.values()}
-    if len(sizes) != 1:
-        parser.error(f"give the same number of checkpoints for each model (one per run); got "
-                     f"{ {k: len(v) for k, v in given.items()} }")
-    n_runs = sizes.pop()
-    runs = [{k: v[i] for k, v in given.items()} for i in range(n_runs)]
+    try:
+        runs = audit_runs(given)
+    except ValueError as err:
+        parser.error(str(err))
+    n_runs = len(runs)
     RunLock(cfg.out, "evaluate").acquire()
     init = parser.instantiate_classes(cfg)
     audit_config, tolerances = init.audit, init.tolerances
