@@ -187,7 +187,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         targets = retrained[:-1]  # the audit's targets; the last retrained model is audited as the Retrain row
         unlearned = {RETRAIN_ROW: retrained[-1]}
         # its own references first, so that time_ratio is the unlearning alone
-        if "RefDistill" in methods_at(args, setting):
+        if "RefDistill" in methods_at(args, setting) and not (base / "RefDistill" / "model.ckpt").exists():
             request_dm = DicomReportDataModule(str(hospital), mode="unlearn", forget=str(forget),
                                                image_size=args.image_size, seed=seed, selection_fraction=selection)
             request_dm.setup("fit")

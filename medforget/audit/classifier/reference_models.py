@@ -50,6 +50,12 @@ def balanced_design(num_patients: int, k: int, seed: int = 0) -> np.ndarray:
     return design
 
 
+#: Data options that do not change how a reference model trains: the manifest's *path* (its content hash is in the
+#: recipe, so a moved or symlinked run folder reuses its cache), workers, and the unlearn/audit-only options.
+NOT_RECIPE = ("manifest", "num_workers", "forget", "selection_fraction", "mode", "bounded", "retain_per_epoch",
+              "retain_pool", "max_eval_patients", "unlearn_epoch")
+
+
 def _fingerprint(**facts: Any) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -122,9 +128,7 @@ def train_reference_models(
     train_rows = np.union1d(retain_rows, forget_rows).astype(int)
     recipe = _fingerprint(split=datamodule.split_fingerprint, manifest=datamodule.dataset_hash(), k=k, seed=seed,
                           epochs=epochs, hparams=hparams,
-                          data={key: v for key, v in data_kwargs.items()
-                                if key not in ("num_workers", "forget", "selection_fraction", "mode", "bounded",
-                                                "retain_per_epoch", "retain_pool", "max_eval_patients")})
+                          data={key: v for key, v in data_kwargs.items() if key not in NOT_RECIPE})
     root = Path(out_dir)
     hit = _cached(root, recipe, set(forget_rows), k) if root.exists() else None
     if hit is not None:

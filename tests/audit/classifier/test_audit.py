@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -400,6 +401,16 @@ def test_reference_models_are_cached_and_reused_across_requests(audit, trained_c
     paths2, in_sets2 = train_reference_models(trained_ckpt, dm2, dict(tiny_datamodule_kwargs), 2, cache, epochs=1,
                                               seed=0, accelerator="cpu")
     assert paths2 == paths and in_sets2 == in_sets
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*/*.ckpt")} == before
+    # the same hospital under another path (a moved or symlinked run folder): the recipe holds the manifest's content
+    # hash, not its path, so the cached models are reused
+    manifest = Path(tiny_datamodule_kwargs["manifest"])
+    (tmp_path / "moved").symlink_to(manifest.parent, target_is_directory=True)
+    moved = {**tiny_datamodule_kwargs, "manifest": str(tmp_path / "moved" / manifest.name)}
+    dm3 = DicomReportDataModule(mode="evaluate", forget=str(forget_file), **moved)
+    dm3.setup()
+    paths3, _ = train_reference_models(trained_ckpt, dm3, dict(moved), 2, cache, epochs=1, seed=0, accelerator="cpu")
+    assert paths3 == paths
     assert {p: p.stat().st_mtime_ns for p in cache.glob("*/*.ckpt")} == before
 
 
