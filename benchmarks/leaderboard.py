@@ -304,8 +304,10 @@ def _span(values: list[float | None]) -> list[float]:
     return [min(values), max(values)] if values else [math.nan, math.nan]
 
 
-def leaderboard(raw: list[dict[str, Any]], patients: int, image_size: int) -> list[dict[str, Any]]:
-    """One row per (method, setting) over seeds; ``noise_floor`` is the Retrain row's average gap (same seeds)."""
+def leaderboard(raw: list[dict[str, Any]], patients: int, image_size: int,
+                protocol: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per (method, setting) over seeds; ``noise_floor`` is the Retrain row's average gap (same seeds).
+    ``protocol``: the run's settings every row records (tuning trials, the selection shares)."""
     rows = []
     for setting in SETTINGS:
         at = [r for r in raw if r["setting"] == setting]
@@ -327,7 +329,8 @@ def leaderboard(raw: list[dict[str, Any]], patients: int, image_size: int) -> li
                    "per_patient_pass_share": _nanmean([r["per_patient_pass_share"] for r in mine]),
                    "patients": patients, "image_size": image_size, "seeds": sorted(r["seed"] for r in mine),
                    "tuning_time_ratio": _nanmean([r["tuning_time_ratio"] for r in mine]),
-                   "forget_patients": _nanmean([r["forget_patients"] for r in mine])}
+                   "forget_patients": _nanmean([r["forget_patients"] for r in mine]),
+                   "targets": _nanmean([r.get("targets", 1) for r in mine]), **(protocol or {})}
             if any("reference_time_ratio" in r for r in mine):
                 row["reference_time_ratio"] = _nanmean([r.get("reference_time_ratio") for r in mine])
             rows.append(row)
@@ -460,14 +463,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         else:
             raw += run_seed(args, seed)
         atomic_write_text(args.out / "raw.json", json.dumps(raw, indent=1, default=str))
-    rows = leaderboard(raw, args.patients, args.image_size)
+    rows = leaderboard(raw, args.patients, args.image_size, protocol={
+        "trials": args.trials, "tuning_selection": args.tuning_selection,
+        "request_selection": args.request_selection})
     for row in rows:
         row["missing"] = [m for m in missing if m["setting"] == row["setting"] and m["method"] in (row["method"], None)]
     seconds = time.perf_counter() - start
     command = "python benchmarks/leaderboard.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"Command: `{command.strip()}`  \nWall time {seconds:.0f} s; {args.patients} patients, "
               f"{args.image_size}x{args.image_size} px, {args.epochs} training epochs, seeds {args.seeds}, "
-              f"{args.retrains} retrains per seed, {args.trials} tuning trials per method, audit K="
+              f"{args.retrains} retrains per seed (audited against {args.retrains - 1}), {args.trials} tuning trials "
+              f"per method on {args.tuning_selection:.0%} of the tuning request, checkpoint selection on "
+              + (f"{args.request_selection:.0%} of each request" if args.request_selection else
+                 "no part of the audited requests (blind: tuned epochs, last weights)") + ", audit K="
               f"{args.audit_references}, accelerator {args.accelerator}."
               + (f"  \nNot finished (left out of the rows): {'; '.join(map(missing_text, missing))}."
                  if missing else ""))

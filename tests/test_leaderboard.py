@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from medforget.core.checkpoint import read_checkpoint
 from tests.conftest import load_benchmark
 
 KEYS = {"method", "setting", "avg_gap", "noise_floor", "gap_over_floor", "retain_acc_gap", "time_ratio", "pass",
@@ -72,6 +73,12 @@ def test_quick_leaderboard(tmp_path, monkeypatch):
         assert KEYS <= set(row) and row["setting"] == "5pct" and row["patients"] == 120
         assert row["pass"] + row["inconclusive"] + row["fail"] == 1
     assert (tmp_path / "leaderboard.json").exists() and (tmp_path / "table.md").exists()
+    # every model is audited against the two retrained targets (the third is the Retrain row), and the methods apply
+    # their tuned config blind: no checkpoint selection on the audited request, every forget patient audited
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert all(r["targets"] == 2 and r["audited_forget_patients"] == r["forget_patients"] for r in raw)
+    provenance = read_checkpoint(tmp_path / "seed0" / "5pct" / "FineTune" / "model.ckpt")["medforget"]["provenance"]
+    assert provenance["selection"]["selected"] == "last" and provenance["selection_split"]["patients"] == 0
 
     # a rerun with the same --out reuses every model and audit (the studies are complete: tune runs no trial)
     def refuse(*args, **kwargs):
