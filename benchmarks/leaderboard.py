@@ -338,14 +338,28 @@ def leaderboard(raw: list[dict[str, Any]], patients: int, image_size: int,
                                        math.inf if math.isnan(r["avg_gap"]) else r["avg_gap"]))
 
 
+def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``old`` rows with ``new`` ones added; a new row replaces an old one of the same method, setting and trial
+    budget, and a setting's ``Retrain`` row (the same retrained models whatever the budget) is kept once: the new
+    one."""
+    def key(row: dict[str, Any]) -> tuple:
+        return (row["method"], row["setting"], None if row["method"] == RETRAIN_ROW else row.get("trials"))
+
+    replaced = {key(r) for r in new}
+    rows = [r for r in old if key(r) not in replaced] + list(new)
+    return sorted(rows, key=lambda r: (list(SETTINGS).index(r["setting"]),
+                                       math.inf if math.isnan(r["avg_gap"]) else r["avg_gap"]))
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| setting | method | avg \\|gap\\| [seed range] | floor [seed range] | gap/floor [seed range] | "
-             "retain acc gap | time/retrain | pass | inc. | fail | per-patient pass |", "|---" * 11 + "|"]
+    lines = ["| setting | method | trials | avg \\|gap\\| [seed range] | floor [seed range] | gap/floor [seed range] | "
+             "retain acc gap | time/retrain | pass | inc. | fail | per-patient pass |", "|---" * 12 + "|"]
     for r in rows:
         lo, hi = r["avg_gap_range"]
         flo, fhi = r["noise_floor_range"]
         glo, ghi = r["gap_over_floor_range"]
-        lines.append(f"| {r['setting']} | {r['method']} | {r['avg_gap']:.3f} [{lo:.3f}, {hi:.3f}] | "
+        trials = "-" if r["method"] == RETRAIN_ROW or r.get("tuning_time_ratio") == 0 else r.get("trials", "")
+        lines.append(f"| {r['setting']} | {r['method']} | {trials} | {r['avg_gap']:.3f} [{lo:.3f}, {hi:.3f}] | "
                      f"{r['noise_floor']:.3f} [{flo:.3f}, {fhi:.3f}] | "
                      f"{r['gap_over_floor']:.2f} [{glo:.2f}, {ghi:.2f}] | "
                      f"{r['retain_acc_gap']:.3f} | {r['time_ratio']:.3f} | {r['pass']} | {r['inconclusive']} | "
@@ -379,13 +393,14 @@ def tuned_config(args: argparse.Namespace, method: str) -> str | None:
         trainer.pop(key, None)
     others = ", ".join(f"seed {s} {v:.4f}" for v, s, _ in sorted(studies, key=lambda x: x[1]) if s != seed)
     header = (f"# {method} as tuned by benchmarks/leaderboard.py (issue 14): `medforget tune`, {args.trials} trials "
-              f"per seed on a tuning request of 5% of\n# the training patients (validation data only), hospital of "
-              f"{args.patients} patients at {args.image_size} px, original trained {args.epochs} epochs.\n"
+              f"per seed, objective on {args.tuning_selection:.0%}\n# of a tuning request of 5% of the training "
+              f"patients (validation data only), hospital of {args.patients} patients at {args.image_size} px, "
+              f"original trained {args.epochs} epochs;\n# max_epochs: the epochs the best trial trained.\n"
               f"# Chosen: seed {seed}'s best trial ({tuned['best_trial']}), {tuned['objective']} = {value:.4f}"
               + (f" (other seeds' best: {others})" if others else "") + ".\n"
               "# Other hospitals and sizes: run `python -m medforget tune` on your own data.\n"
               "# python -m medforget unlearn --config configs/unlearn/tuned/<this file> --ckpt ORIGINAL "
-              "--forget REQUEST\n")
+              "--forget REQUEST" + ("" if args.request_selection else " --checkpoint.monitor null") + "\n")
     return header + yaml.safe_dump(config, sort_keys=False)
 
 
@@ -432,6 +447,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--write-configs", type=Path, nargs="?", const=ROOT / "configs" / "unlearn" / "tuned",
                         default=None, help="with --collect: write each tuned method's chosen settings as a config "
                         "(default folder configs/unlearn/tuned)")
+    parser.add_argument("--append", action="store_true",
+                        help="merge the rows into the existing --results file (a row of the same method, setting "
+                             "and trial budget is replaced; the Retrain row of a setting is kept once): one file for "
+                             "runs of several budgets or folders")
     parser.add_argument("--verbose", dest="quiet", action="store_false", help="show Lightning's output")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default benchmarks/runs/leaderboard)")
     parser.add_argument("--results", type=Path, default=None,
@@ -482,6 +501,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.write_configs is not None:
         for path in write_tuned_configs(args, args.write_configs):
             print(f"wrote {path}", flush=True)
+    if args.append and results.exists():
+        rows = merged(json.loads(results.read_text()), rows)
     atomic_write_text(results, json.dumps(rows, indent=1, default=str) + "\n")
     atomic_write_text(args.out / "table.md", header + "\n\n" + table(rows) + "\n")
     print("\n" + header + "\n\n" + table(rows) + f"\n\nwrote {results}", flush=True)

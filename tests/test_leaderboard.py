@@ -154,3 +154,14 @@ def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monke
     config = yaml.safe_load(text)
     assert config["model"]["init_args"]["lr"] == 0.1 and config["trainer"] == {"max_epochs": 4} and "out" not in config
     assert "seed 0's best trial (1), val/selection_score = 0.0200" in text
+
+
+def test_merged_rows_keep_each_budget_and_one_retrain_row():
+    def row(method, trials, gap):
+        return {"method": method, "setting": "5pct", "trials": trials, "avg_gap": gap}
+
+    old = [row("Retrain", 4, 0.01), row("X", 4, 0.05), row("Y", 4, 0.08)]
+    new = [row("Retrain", 12, 0.01), row("X", 12, 0.03), row("Y", 4, 0.07)]
+    rows = leaderboard.merged(old, new)
+    assert [(r["method"], r["trials"], r["avg_gap"]) for r in rows] == [
+        ("Retrain", 12, 0.01), ("X", 12, 0.03), ("X", 4, 0.05), ("Y", 4, 0.07)]  # Y's 4-trial row replaced
