@@ -107,8 +107,9 @@ def _audit(verdict, forget_auc, share, patients=6, targets=(0.6,)):
 def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monkeypatch):
     # seed 0: 5pct has its retrained model, the Retrain row's and SCRUB's audits; SSD's is missing; 1pct has nothing
     base = tmp_path / "seed0" / "5pct"
-    (base / "retrained0").mkdir(parents=True)
-    (base / "retrained0" / "model.ckpt").write_bytes(b"")  # its fit time comes from the patched fit_seconds
+    for r in ("retrained0", "retrained1"):  # their fit times come from the patched fit_seconds
+        (base / r).mkdir(parents=True)
+        (base / r / "model.ckpt").write_bytes(b"")
     (base / "forget.txt").write_text("a\nb\nc\n")
     # SCRUB audited against two retrained targets (forget AUC 0.6 and 0.64): its gap is the mean over both
     for name, audit in (("Retrain", _audit("inconclusive", 0.62, 1.0)),
@@ -123,7 +124,8 @@ def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monke
     summary = {"best_params": {"lr": 0.1}, "trials_csv": str(tune / "trials.csv"), "best_value": 0.02,
                "best_trial": 1, "best_yaml": str(tune / "best.yaml"), "objective": "val/selection_score"}
     (tune / "tune.json").write_text(json.dumps(summary))
-    seconds = {"retrained0": 100.0, "retrained2": 100.0, "SCRUB": 5.0}  # retrained2: the Retrain row (3 retrains)
+    # retrained2: the Retrain row (3 retrains); time ratios divide by the least contended retraining (retrained1's 50 s)
+    seconds = {"retrained0": 100.0, "retrained1": 50.0, "retrained2": 100.0, "SCRUB": 5.0}
     monkeypatch.setattr(leaderboard, "fit_seconds", lambda path: seconds[Path(path).parent.name])
     def refuse(*args, **kwargs):
         raise AssertionError("--collect ran a step")
@@ -137,8 +139,8 @@ def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monke
     assert set(by) == {"Retrain", "SCRUB"}
     x = by["SCRUB"]
     assert x["avg_gap"] == pytest.approx((0.1 + 0.06) / 2 / 4) and x["noise_floor"] == pytest.approx(0.02 / 4)
-    assert x["gap_over_floor"] == pytest.approx(4.0) and x["time_ratio"] == pytest.approx(0.05)
-    assert x["tuning_time_ratio"] == pytest.approx(0.4) and (x["fail"], x["per_patient_pass_share"]) == (1, 0.5)
+    assert x["gap_over_floor"] == pytest.approx(4.0) and x["time_ratio"] == pytest.approx(0.1)
+    assert x["tuning_time_ratio"] == pytest.approx(0.8) and (x["fail"], x["per_patient_pass_share"]) == (1, 0.5)
     assert x["forget_patients"] == 3 and x["patients"] == 120
     missing = [(m["setting"], m["method"]) for m in x["missing"]]
     assert missing == []  # SCRUB's own steps are done; SSD's audit and the 1pct setting are listed on their own rows
