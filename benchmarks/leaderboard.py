@@ -36,6 +36,8 @@ RefDistill's own reference models, trained before its unlearning runs and reused
     python benchmarks/leaderboard.py --quick          # 120 patients, FineTune + RefDistill, 1 seed, 5%: a smoke run
     python benchmarks/leaderboard.py --methods RefDistill SCRUB --seeds 0 1 2 --settings 5pct
 
+``--timing`` (run alone on the machine, after the 5pct setting) times each method's blind unlearning against one
+retraining, one at a time; ``--collect`` then adds ``quiet_time_ratio`` (NaN where not timed) beside ``time_ratio``.
 A rerun with the same ``--out`` reuses every finished model, study and audit; ``--collect`` runs nothing and
 tabulates the audits finished so far (what is missing is listed in ``table.md`` and in each row's ``missing``);
 ``--write-configs`` writes each tuned method's chosen settings to ``configs/unlearn/tuned/`` (the seed whose study
@@ -79,6 +81,8 @@ SETTINGS = {"5pct": 0.05, "1pct": 0.01, "1patient": None}  # largest first: the 
 TARGET = ("forget_auc", "forget_f1", "test_auc", "patient_mia_auc")
 RETRAIN_ROW = "Retrain"
 MIN_SELECTION_PATIENTS = 4  # smaller requests set none aside for checkpoint selection
+#: How a tuned config is applied blind: no checkpoint selection (the last weights) and so no validation epochs.
+BLIND_FLAGS = ["--checkpoint.monitor=null", "--trainer.limit_val_batches=0"]
 RUN_FLAGS = ("accelerator", "devices", "enable_progress_bar", "logger", "default_root_dir")  # not in tuned configs
 
 
@@ -142,6 +146,14 @@ def _once(step: Callable[..., Path], out: Path, **kwargs: Any) -> Path:
     return path if path.exists() else step(out=out, **kwargs)
 
 
+def method_settings(args: argparse.Namespace, root: Path, method: str) -> dict[str, Any] | None:
+    """The run-specific ``--model.init_args`` of a method: RefDistill's own references (K, seed 1000, not the
+    audit's), cached per seed."""
+    if method == "RefDistill":
+        return {"reference_dir": root / "method_references", "num_references": args.method_references}
+    return None
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     root = args.out / f"seed{seed}"
     hospital = root / "hospital" / "manifest.csv"
@@ -161,9 +173,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     tuning_selection = min(args.tuning_selection, (len(tuning) - MIN_AUDIT_PATIENTS) / len(tuning))
 
     def method_args(method: str) -> dict[str, Any] | None:
-        if method == "RefDistill":  # its own references: K, seed 1000 (not the audit's), cached per seed
-            return {"reference_dir": root / "method_references", "num_references": args.method_references}
-        return None
+        return method_settings(args, root, method)
 
     configs: dict[str, dict[str, Any]] = {}
     for method in args.methods:
@@ -210,7 +220,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
                 unlearned[method] = _once(api.unlearn, base / method, ckpt=original, forget=forget,
                                           method=None if config else method, config=config, data=request_data,
                                           method_args=method_args(method), seed=seed, **run,
-                                          extra_args=[] if selection else ["--checkpoint.monitor=null"])
+                                          extra_args=[] if selection else BLIND_FLAGS)
         for name, path in unlearned.items():
             audit_dir = base / "audit" / name
             if (audit_dir / "audit.json").exists():
@@ -226,6 +236,42 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
             raw.append(row)
             print_row(row)
     return raw
+
+
+def time_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    """``--timing``: time each method's blind unlearning of the seed's 5% request against one retraining, one after
+    the other and nothing else running, into ``<out>/seed<s>/5pct/timing/`` (a finished step is reused: delete the
+    folder to time again). The leaderboard's own runs share the machine, so their wall-clock times are rough."""
+    root, base = args.out / f"seed{seed}", args.out / f"seed{seed}" / "5pct"
+    original, forget = root / "original" / "model.ckpt", base / "forget.txt"
+    if not original.exists() or not forget.exists():
+        raise SystemExit(f"--timing times the 5pct setting of a finished run: {original} or {forget} is missing")
+    run = {"manifest": root / "hospital" / "manifest.csv", "accelerator": args.accelerator,
+           "trainer": {"enable_progress_bar": False}}
+    data = {"image_size": args.image_size, "seed": seed, "selection_fraction": 0.0}
+    with quiet(args.quiet):
+        retrained = _once(api.train, base / "timing" / "retrained", exclude_patients=forget, epochs=args.epochs,
+                          seed=seed, data={"image_size": args.image_size, "seed": seed}, **run)
+    rows = []
+    for method in args.methods:
+        tuned = root / "tune" / method / "best.yaml"
+        config = tuned if tuned.exists() else config_of(method)
+        with quiet(args.quiet):
+            path = _once(api.unlearn, base / "timing" / method, ckpt=original, forget=forget,
+                         method=None if config else method, config=config, data=data,
+                         method_args=method_settings(args, root, method), seed=seed, **run, extra_args=BLIND_FLAGS)
+        unlearn_s, retrain_s = fit_seconds(path), fit_seconds(retrained)
+        rows.append({"seed": seed, "method": method, "unlearn_seconds": unlearn_s, "retrain_seconds": retrain_s,
+                     "time_ratio": unlearn_s / retrain_s})
+        print(f"  timing seed {seed} {method:16s} {unlearn_s:.1f} s / {retrain_s:.1f} s = {unlearn_s / retrain_s:.3f}",
+              flush=True)
+    return rows
+
+
+def quiet_time_ratio(base: Path, method: str) -> float:
+    """The method's ``--timing`` ratio for this setting, NaN when it was not timed."""
+    unlearned, retrained = base / "timing" / method / "model.ckpt", base / "timing" / "retrained" / "model.ckpt"
+    return fit_seconds(unlearned) / fit_seconds(retrained) if unlearned.exists() and retrained.exists() else math.nan
 
 
 def methods_at(args: argparse.Namespace, setting: str) -> list[str]:
@@ -254,6 +300,7 @@ def make_row(report: dict[str, Any], seed: int, setting: str, name: str, forget_
            "unlearned": model_row(report, "unlearned"), "retrained": model_row(report, "retrained"),
            "targets": len(report["runs"]),
            "time_ratio": 1.0 if name == RETRAIN_ROW else fit_seconds(path) / retrain_s,
+           "quiet_time_ratio": 1.0 if name == RETRAIN_ROW else quiet_time_ratio(root / setting, name),
            "tuning_time_ratio": config.get("tuning_seconds", 0.0) / retrain_s,
            "tuned": config.get("tuned", False), "best_params": config.get("best_params")}
     if name == "RefDistill":
@@ -333,6 +380,7 @@ def leaderboard(raw: list[dict[str, Any]], patients: int, image_size: int,
                    "gap_over_floor_range": _span(per_seed),
                    "retain_acc_gap": _nanmean([r["retain_acc_gap"] for r in mine]),
                    "time_ratio": _nanmean([r["time_ratio"] for r in mine]),
+                   "quiet_time_ratio": _nanmean([r.get("quiet_time_ratio", math.nan) for r in mine]),
                    "pass": verdicts.count("pass"), "inconclusive": verdicts.count("inconclusive"),
                    "fail": verdicts.count("fail"),
                    "per_patient_pass_share": _nanmean([r["per_patient_pass_share"] for r in mine]),
@@ -456,6 +504,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--write-configs", type=Path, nargs="?", const=ROOT / "configs" / "unlearn" / "tuned",
                         default=None, help="with --collect: write each tuned method's chosen settings as a config "
                         "(default folder configs/unlearn/tuned)")
+    parser.add_argument("--timing", action="store_true",
+                        help="time each --methods' blind unlearning of the 5pct request against one retraining, one at "
+                             "a time (run it alone on the machine); a later --collect reports it as quiet_time_ratio")
     parser.add_argument("--append", action="store_true",
                         help="merge the rows into the existing --results file (a row of the same method, setting "
                              "and trial budget is replaced; the Retrain row of a setting is kept once): one file for "
@@ -482,6 +533,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     api.quiet_lightning()
     os.environ.setdefault("MEDFORGET_CACHE", str(args.out / "cache"))
     start = time.perf_counter()
+    if args.timing:
+        timed = [row for seed in args.seeds for row in time_seed(args, seed)]
+        atomic_write_text(args.out / "timing.json", json.dumps(timed, indent=1) + "\n")
+        print(f"wrote {args.out / 'timing.json'}; --collect adds quiet_time_ratio to the rows", flush=True)
+        return timed
     raw: list[dict[str, Any]] = []
     missing: list[dict[str, Any]] = []
     for seed in args.seeds:

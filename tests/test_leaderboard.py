@@ -73,6 +73,8 @@ def test_quick_leaderboard(tmp_path, monkeypatch):
         assert KEYS <= set(row) and row["setting"] == "5pct" and row["patients"] == 120
         assert row["pass"] + row["inconclusive"] + row["fail"] == 1
     assert (tmp_path / "leaderboard.json").exists() and (tmp_path / "table.md").exists()
+    timed = leaderboard.main(["--quick", f"--out={tmp_path}", "--timing", "--methods", "FineTune"])
+    assert [t["method"] for t in timed] == ["FineTune"] and 0 < timed[0]["time_ratio"] < 10
     # every model is audited against the two retrained targets (the third is the Retrain row), and the methods apply
     # their tuned config blind: no checkpoint selection on the audited request, every forget patient audited
     raw = json.loads((tmp_path / "raw.json").read_text())
@@ -88,7 +90,8 @@ def test_quick_leaderboard(tmp_path, monkeypatch):
         monkeypatch.setattr(leaderboard.api, name, refuse)
     again = leaderboard.main(["--quick", f"--out={tmp_path}"])
     def kept(table):  # as JSON (NaN == NaN); without the (resumed, empty) study's wall time
-        return json.dumps([{k: v for k, v in r.items() if k != "tuning_time_ratio"} for r in table], default=str)
+        return json.dumps([{k: v for k, v in r.items() if k not in ("tuning_time_ratio", "quiet_time_ratio")}
+                           for r in table], default=str)
 
     assert kept(again) == kept(rows)
 
@@ -125,7 +128,10 @@ def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monke
                "best_trial": 1, "best_yaml": str(tune / "best.yaml"), "objective": "val/selection_score"}
     (tune / "tune.json").write_text(json.dumps(summary))
     # retrained2: the Retrain row (3 retrains); time ratios divide by the least contended retraining (retrained1's 50 s)
-    seconds = {"retrained0": 100.0, "retrained1": 50.0, "retrained2": 100.0, "SCRUB": 5.0}
+    seconds = {"retrained0": 100.0, "retrained1": 50.0, "retrained2": 100.0, "SCRUB": 5.0, "retrained": 125.0}
+    for name in ("retrained", "SCRUB"):  # --timing's quiet runs: SCRUB 5 s against one retraining of 125 s
+        (base / "timing" / name).mkdir(parents=True)
+        (base / "timing" / name / "model.ckpt").write_bytes(b"")
     monkeypatch.setattr(leaderboard, "fit_seconds", lambda path: seconds[Path(path).parent.name])
     def refuse(*args, **kwargs):
         raise AssertionError("--collect ran a step")
@@ -140,6 +146,7 @@ def test_collect_tabulates_finished_audits_and_lists_the_missing(tmp_path, monke
     x = by["SCRUB"]
     assert x["avg_gap"] == pytest.approx((0.1 + 0.06) / 2 / 4) and x["noise_floor"] == pytest.approx(0.02 / 4)
     assert x["gap_over_floor"] == pytest.approx(4.0) and x["time_ratio"] == pytest.approx(0.1)
+    assert x["quiet_time_ratio"] == pytest.approx(0.04)
     assert x["tuning_time_ratio"] == pytest.approx(0.8) and (x["fail"], x["per_patient_pass_share"]) == (1, 0.5)
     assert x["forget_patients"] == 3 and x["patients"] == 120
     missing = [(m["setting"], m["method"]) for m in x["missing"]]
