@@ -32,6 +32,7 @@ interval carries both the patient and the seed variability; interval endpoints a
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -176,8 +177,10 @@ def combine_runs(estimates: Sequence[float], replicates: Sequence[np.ndarray], s
     stacked = np.stack([r[:n] for r in reps])  # (runs, B)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(reps), size=(n, len(reps)))  # (B, runs): which runs each replicate averages
-    combined = np.nanmean(stacked[draws, np.arange(n)[:, None]], axis=1)
-    return float(np.nanmean(estimates)), combined
+    with warnings.catch_warnings():  # a draw whose runs are all undefined (NaN) stays NaN, without a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        combined = np.nanmean(stacked[draws, np.arange(n)[:, None]], axis=1)
+        return float(np.nanmean(estimates)), combined
 
 
 def counts(verdicts: Sequence[str]) -> dict[str, int]:

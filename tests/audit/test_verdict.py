@@ -132,3 +132,13 @@ def test_what_would_decide_it_counts_from_the_fail_band():
     # band side) must shrink to 0.05: 10 * (0.285 / 0.05)^2 = 324.9 -> 325
     d = decide(0.2, replicates(0.2, 0.3), 0.05, units=10, floor=0.15)
     assert d["verdict"] == INCONCLUSIVE and d["units_needed"] == 325
+
+
+def test_combine_runs_keeps_an_all_undefined_draw_nan_without_warning():
+    import warnings
+
+    reps = [np.full(50, np.nan), np.full(50, np.nan)]  # both runs undefined (e.g. a one-class forget set)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        estimate, combined = combine_runs([float("nan"), float("nan")], reps)
+    assert math.isnan(estimate) and np.isnan(combined).all()
