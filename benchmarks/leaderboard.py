@@ -146,6 +146,11 @@ def _once(step: Callable[..., Path], out: Path, **kwargs: Any) -> Path:
     return path if path.exists() else step(out=out, **kwargs)
 
 
+def run_settings(args: argparse.Namespace, hospital: Path) -> dict[str, Any]:
+    """The ``api`` arguments every step of a seed shares: its hospital, the accelerator, no progress bar."""
+    return {"manifest": hospital, "accelerator": args.accelerator, "trainer": {"enable_progress_bar": False}}
+
+
 def method_settings(args: argparse.Namespace, root: Path, method: str) -> dict[str, Any] | None:
     """The run-specific ``--model.init_args`` of a method: RefDistill's own references (K, seed 1000, not the
     audit's), cached per seed."""
@@ -155,9 +160,12 @@ def method_settings(args: argparse.Namespace, root: Path, method: str) -> dict[s
 
 
 def references_for(args: argparse.Namespace, root: Path, original: Path, hospital: Path, forget: Path,
-                   seed: int) -> None:
-    """Train (or find cached) RefDistill's own reference models for a request before its unlearning run, so that
-    the run's fit time is the unlearning alone (they are reported apart as ``reference_time_ratio``)."""
+                   seed: int, out: Path) -> None:
+    """Train (or find cached) RefDistill's own reference models for a request before its unlearning run into ``out``,
+    so that the run's fit time is the unlearning alone (they are reported apart as ``reference_time_ratio``);
+    nothing when that run has finished."""
+    if (out / "model.ckpt").exists():
+        return
     request_dm = DicomReportDataModule(str(hospital), mode="unlearn", forget=str(forget), image_size=args.image_size,
                                        seed=seed, selection_fraction=0.0)
     request_dm.setup("fit")
@@ -173,7 +181,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         hospital = generate_hospital(root / "hospital", SyntheticConfig(
             num_patients=args.patients, image_size=args.image_size, seed=seed), overwrite=True)
     data = {"image_size": args.image_size, "seed": seed}
-    run = {"manifest": hospital, "accelerator": args.accelerator, "trainer": {"enable_progress_bar": False}}
+    run = run_settings(args, hospital)
     print(f"seed {seed}: original model ({args.patients} patients, {args.image_size} px)", flush=True)
     with quiet(args.quiet):
         original = _once(api.train, root / "original", epochs=args.epochs, seed=seed, data=data, **run)
@@ -184,9 +192,6 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     # most of the tuning request is the objective's (it is never audited), leaving the datamodule its 2 others
     tuning_selection = min(args.tuning_selection, (len(tuning) - MIN_AUDIT_PATIENTS) / len(tuning))
 
-    def method_args(method: str) -> dict[str, Any] | None:
-        return method_settings(args, root, method)
-
     configs: dict[str, dict[str, Any]] = {}
     for method in args.methods:
         config = config_of(method)
@@ -196,7 +201,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         with quiet(args.quiet):
             summary = api.tune(original, tuning_file, method, root / "tune" / method, n_trials=args.trials,
                                sampler_seed=seed, data={**data, "selection_fraction": tuning_selection},
-                               method_args=method_args(method), **run)
+                               method_args=method_settings(args, root, method), **run)
         configs[method] = {"config": Path(summary["best_yaml"]), "tuned": True, "best_params": summary["best_params"],
                            "validation_score": summary["best_value"],
                            "tuning_seconds": tuning_seconds(summary["trials_csv"])}
@@ -218,15 +223,15 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         targets = retrained[:-1]  # the audit's targets; the last retrained model is audited as the Retrain row
         unlearned = {RETRAIN_ROW: retrained[-1]}
         # its own references first, so that time_ratio is the unlearning alone
-        if "RefDistill" in methods_at(args, setting) and not (base / "RefDistill" / "model.ckpt").exists():
-            references_for(args, root, original, hospital, forget, seed)
+        if "RefDistill" in methods_at(args, setting):
+            references_for(args, root, original, hospital, forget, seed, base / "RefDistill")
         request_data = {**data, "selection_fraction": selection}
         for method in methods_at(args, setting):
             config = configs[method]["config"]  # the tuned best.yaml or the method's config names the method
             with quiet(args.quiet):
                 unlearned[method] = _once(api.unlearn, base / method, ckpt=original, forget=forget,
                                           method=None if config else method, config=config, data=request_data,
-                                          method_args=method_args(method), seed=seed, **run,
+                                          method_args=method_settings(args, root, method), seed=seed, **run,
                                           extra_args=[] if selection else BLIND_FLAGS)
         for name, path in unlearned.items():
             audit_dir = base / "audit" / name
@@ -253,8 +258,8 @@ def time_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     original, forget = root / "original" / "model.ckpt", base / "forget.txt"
     if not original.exists() or not forget.exists():
         raise SystemExit(f"--timing times the 5pct setting of a finished run: {original} or {forget} is missing")
-    run = {"manifest": root / "hospital" / "manifest.csv", "accelerator": args.accelerator,
-           "trainer": {"enable_progress_bar": False}}
+    hospital = root / "hospital" / "manifest.csv"
+    run = run_settings(args, hospital)
     data = {"image_size": args.image_size, "seed": seed, "selection_fraction": 0.0}
     with quiet(args.quiet):
         retrained = _once(api.train, base / "timing" / "retrained", exclude_patients=forget, epochs=args.epochs,
@@ -263,8 +268,8 @@ def time_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     for method in args.methods:
         tuned = root / "tune" / method / "best.yaml"
         config = tuned if tuned.exists() else config_of(method)
-        if method == "RefDistill" and not (base / "timing" / method / "model.ckpt").exists():
-            references_for(args, root, original, root / "hospital" / "manifest.csv", forget, seed)
+        if method == "RefDistill":
+            references_for(args, root, original, hospital, forget, seed, base / "timing" / method)
         with quiet(args.quiet):
             path = _once(api.unlearn, base / "timing" / method, ckpt=original, forget=forget,
                          method=None if config else method, config=config, data=data,
@@ -306,7 +311,6 @@ def make_row(report: dict[str, Any], seed: int, setting: str, name: str, forget_
     row = {"seed": seed, "setting": setting, "method": name, "forget_patients": forget_patients,
            "audited_forget_patients": report["data"]["parts"]["forget"]["patients"],
            "verdict": report["verdict"], "per_patient_pass_share": per_patient.get("pass_share", math.nan),
-           "unlearned": model_row(report, "unlearned"), "retrained": model_row(report, "retrained"),
            "targets": len(report["runs"]),
            "time_ratio": 1.0 if name == RETRAIN_ROW else fit_seconds(path) / retrain_s,
            "quiet_time_ratio": 1.0 if name == RETRAIN_ROW else quiet_time_ratio(root / setting, name),
@@ -315,8 +319,10 @@ def make_row(report: dict[str, Any], seed: int, setting: str, name: str, forget_
     if name == "RefDistill":
         row["reference_time_ratio"] = sum(fit_seconds(p) for p in (root / "method_references").glob(
             "*/model_*.ckpt")) / retrain_s
-    # over the audit's runs, one per retrained target (the unlearned model is the same in each)
+    # over the audit's runs, one per retrained target (the unlearned model is the same in each); the first run's
+    # metrics are the row's own
     pairs = [(model_row(report, "unlearned", i), model_row(report, "retrained", i)) for i in range(row["targets"])]
+    row["unlearned"], row["retrained"] = pairs[0]
     row["avg_gap"] = _nanmean([avg_gap(u, t) for u, t in pairs])
     row["retain_acc_gap"] = _nanmean([abs(u["retain_acc"] - t["retain_acc"]) for u, t in pairs])
     return row
@@ -400,8 +406,12 @@ def leaderboard(raw: list[dict[str, Any]], patients: int, image_size: int,
             if any("reference_time_ratio" in r for r in mine):
                 row["reference_time_ratio"] = _nanmean([r.get("reference_time_ratio") for r in mine])
             rows.append(row)
-    return sorted(rows, key=lambda r: (list(SETTINGS).index(r["setting"]),
-                                       math.inf if math.isnan(r["avg_gap"]) else r["avg_gap"]))
+    return sorted(rows, key=row_order)
+
+
+def row_order(row: dict[str, Any]) -> tuple[int, float]:
+    """Rows by setting (largest request first), then by average gap (undefined last)."""
+    return list(SETTINGS).index(row["setting"]), math.inf if math.isnan(row["avg_gap"]) else row["avg_gap"]
 
 
 def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -413,8 +423,7 @@ def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[st
 
     replaced = {key(r) for r in new}
     rows = [r for r in old if key(r) not in replaced] + list(new)
-    return sorted(rows, key=lambda r: (list(SETTINGS).index(r["setting"]),
-                                       math.inf if math.isnan(r["avg_gap"]) else r["avg_gap"]))
+    return sorted(rows, key=row_order)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
