@@ -151,6 +151,12 @@ def run_settings(args: argparse.Namespace, hospital: Path) -> dict[str, Any]:
     return {"manifest": hospital, "accelerator": args.accelerator, "trainer": {"enable_progress_bar": False}}
 
 
+def unlearn_data(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` of the unlearning runs (tuning trials, audited requests, timing): with ``--unlearn-epoch`` (what one
+    epoch is: a pass over the retain sample, or over the forget request)."""
+    return {**data, "unlearn_epoch": args.unlearn_epoch} if args.unlearn_epoch else data
+
+
 def method_settings(args: argparse.Namespace, root: Path, method: str) -> dict[str, Any] | None:
     """The run-specific ``--model.init_args`` of a method: RefDistill's own references (K, seed 1000, not the
     audit's), cached per seed."""
@@ -200,7 +206,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
             continue
         with quiet(args.quiet):
             summary = api.tune(original, tuning_file, method, root / "tune" / method, n_trials=args.trials,
-                               sampler_seed=seed, data={**data, "selection_fraction": tuning_selection},
+                               sampler_seed=seed, max_epochs_high=args.max_epochs_high,
+                               data={**unlearn_data(args, data), "selection_fraction": tuning_selection},
                                method_args=method_settings(args, root, method), **run)
         configs[method] = {"config": Path(summary["best_yaml"]), "tuned": True, "best_params": summary["best_params"],
                            "validation_score": summary["best_value"],
@@ -225,7 +232,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         # its own references first, so that time_ratio is the unlearning alone
         if "RefDistill" in methods_at(args, setting):
             references_for(args, root, original, hospital, forget, seed, base / "RefDistill")
-        request_data = {**data, "selection_fraction": selection}
+        request_data = {**unlearn_data(args, data), "selection_fraction": selection}
         for method in methods_at(args, setting):
             config = configs[method]["config"]  # the tuned best.yaml or the method's config names the method
             with quiet(args.quiet):
@@ -260,7 +267,7 @@ def time_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         raise SystemExit(f"--timing times the 5pct setting of a finished run: {original} or {forget} is missing")
     hospital = root / "hospital" / "manifest.csv"
     run = run_settings(args, hospital)
-    data = {"image_size": args.image_size, "seed": seed, "selection_fraction": 0.0}
+    data = unlearn_data(args, {"image_size": args.image_size, "seed": seed, "selection_fraction": 0.0})
     with quiet(args.quiet):
         retrained = _once(api.train, base / "timing" / "retrained", exclude_patients=forget, epochs=args.epochs,
                           seed=seed, data={"image_size": args.image_size, "seed": seed}, **run)
@@ -415,11 +422,13 @@ def row_order(row: dict[str, Any]) -> tuple[int, float]:
 
 
 def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``old`` rows with ``new`` ones added; a new row replaces an old one of the same method, setting and trial
-    budget, and a setting's ``Retrain`` row (the same retrained models whatever the budget) is kept once: the new
-    one."""
+    """``old`` rows with ``new`` ones added; a new row replaces an old one of the same method, setting, trial
+    budget and epoch unit (``unlearn_epoch``), and a setting's ``Retrain`` row (the same retrained models whatever
+    the budget) is kept once: the new one."""
     def key(row: dict[str, Any]) -> tuple:
-        return (row["method"], row["setting"], None if row["method"] == RETRAIN_ROW else row.get("trials"))
+        if row["method"] == RETRAIN_ROW:
+            return row["method"], row["setting"], None, None
+        return row["method"], row["setting"], row.get("trials"), row.get("unlearn_epoch", "retain")
 
     replaced = {key(r) for r in new}
     rows = [r for r in old if key(r) not in replaced] + list(new)
@@ -434,6 +443,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         flo, fhi = r["noise_floor_range"]
         glo, ghi = r["gap_over_floor_range"]
         trials = "-" if r["method"] == RETRAIN_ROW or r.get("tuning_time_ratio") == 0 else r.get("trials", "")
+        if trials != "-" and r.get("unlearn_epoch", "retain") != "retain":
+            trials = f"{trials}, {r['unlearn_epoch']} epochs"
         lines.append(f"| {r['setting']} | {r['method']} | {trials} | {r['avg_gap']:.3f} [{lo:.3f}, {hi:.3f}] | "
                      f"{r['noise_floor']:.3f} [{flo:.3f}, {fhi:.3f}] | "
                      f"{r['gap_over_floor']:.2f} [{glo:.2f}, {ghi:.2f}] | "
@@ -509,6 +520,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--request-selection", type=float, default=0.0,
                         help="share of each audited request set aside for checkpoint selection; 0 (default): none, "
                              "the tuned epochs and the last weights, every forget patient audited")
+    parser.add_argument("--unlearn-epoch", choices=["retain", "forget"], default=None,
+                        help="what one unlearning epoch is (--data.unlearn_epoch of tuning and unlearning; default the "
+                             "datamodule's, a pass over the bounded retain sample): 'forget' makes each epoch a pass "
+                             "over the forget request, a few steps, so the tuned number of epochs sets the cost finely")
+    parser.add_argument("--max-epochs-high", type=int, default=None,
+                        help="largest number of unlearning epochs a tuning trial may sample (tune --max_epochs_high; "
+                             "default twice the method config's)")
     parser.add_argument("--retrains", type=int, default=3,
                         help="retrained models per seed and setting (>= 2): every model is audited against all but "
                              "the last (the audit's noise floor, with 2 or more), the last is the Retrain row")
@@ -567,7 +585,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         atomic_write_text(args.out / "raw.json", json.dumps(raw, indent=1, default=str))
     rows = leaderboard(raw, args.patients, args.image_size, protocol={
         "trials": args.trials, "tuning_selection": args.tuning_selection,
-        "request_selection": args.request_selection})
+        "request_selection": args.request_selection, "unlearn_epoch": args.unlearn_epoch or "retain",
+        "max_epochs_high": args.max_epochs_high})
     for row in rows:
         row["missing"] = [m for m in missing if m["setting"] == row["setting"] and m["method"] in (row["method"], None)]
     seconds = time.perf_counter() - start
@@ -578,7 +597,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
               f"per method on {args.tuning_selection:.0%} of the tuning request, checkpoint selection on "
               + (f"{args.request_selection:.0%} of each request" if args.request_selection else
                  "no part of the audited requests (blind: tuned epochs, last weights)") + ", audit K="
-              f"{args.audit_references}, accelerator {args.accelerator}."
+              f"{args.audit_references}, accelerator {args.accelerator}"
+              + (f", unlearning epochs over the {args.unlearn_epoch} part" if args.unlearn_epoch else "")
+              + (f", at most {args.max_epochs_high} tuned epochs" if args.max_epochs_high else "") + "."
               + (f"  \nNot finished (left out of the rows): {'; '.join(map(missing_text, missing))}."
                  if missing else ""))
     if args.write_configs is not None:

@@ -174,3 +174,8 @@ def test_merged_rows_keep_each_budget_and_one_retrain_row():
     rows = leaderboard.merged(old, new)
     assert [(r["method"], r["trials"], r["avg_gap"]) for r in rows] == [
         ("Retrain", 12, 0.01), ("X", 12, 0.03), ("X", 4, 0.05), ("Y", 4, 0.07)]  # Y's 4-trial row replaced
+    # the same budget with another epoch unit is another protocol: kept beside, not replaced
+    forget_epochs = {**row("X", 12, 0.02), "unlearn_epoch": "forget"}
+    rows = leaderboard.merged(rows, [forget_epochs])
+    assert sorted((r["method"], r["trials"], r.get("unlearn_epoch", "retain")) for r in rows if r["method"] == "X") == [
+        ("X", 4, "retain"), ("X", 12, "forget"), ("X", 12, "retain")]

@@ -169,12 +169,19 @@ class _Reporter(L.Callback):
             trainer.should_stop = True
 
 
+#: ``--data.*`` settings that say what an unlearning epoch *is* (its steps and their batches): a trial's number of
+#: epochs means nothing without them, so ``best.yaml`` keeps them. The hospital's own (manifest, image size, split
+#: seed, the selection share of the tuning request) stay out of it.
+EPOCH_DATA = ("unlearn_epoch", "retain_per_epoch", "batch_size", "forget_batch_size")
+
+
 def fixed_settings(forwarded: list[str]) -> dict[str, dict[str, Any]]:
     """The method and trainer settings every trial got from the command line (``--model.init_args.K=V`` and
-    ``--trainer.K=V``, either ``=`` or a separate value), values parsed as YAML: ``{"init_args": ..., "trainer":
-    ...}``. They belong in ``best.yaml`` as much as the searched ones, or it would not reproduce the best trial."""
-    out: dict[str, dict[str, Any]] = {"init_args": {}, "trainer": {}}
-    prefixes = {"--model.init_args.": "init_args", "--trainer.": "trainer"}
+    ``--trainer.K=V``, either ``=`` or a separate value), and the ``--data.*`` settings of :data:`EPOCH_DATA`, values
+    parsed as YAML: ``{"init_args": ..., "trainer": ..., "data": ...}``. They belong in ``best.yaml`` as much as the
+    searched ones, or it would not reproduce the best trial."""
+    out: dict[str, dict[str, Any]] = {"init_args": {}, "trainer": {}, "data": {}}
+    prefixes = {"--model.init_args.": "init_args", "--trainer.": "trainer", "--data.": "data"}
     i = 0
     while i < len(forwarded):
         flag, value = forwarded[i], None
@@ -185,7 +192,7 @@ def fixed_settings(forwarded: list[str]) -> dict[str, dict[str, Any]]:
         i += 1
         for prefix, group in prefixes.items():
             key = flag[len(prefix):] if flag.startswith(prefix) else ""
-            if key and value is not None and "." not in key:
+            if key and value is not None and "." not in key and (group != "data" or key in EPOCH_DATA):
                 out[group][key] = yaml.safe_load(value)
     return out
 
@@ -214,6 +221,9 @@ def _best_config(content: dict[str, Any], name: str, params: dict[str, Any], stu
         trainer["max_epochs"] = trained_epochs(study.best_trial)
     if trainer:
         config["trainer"] = trainer
+    data = {**(config.get("data") or {}), **fixed.get("data", {})}
+    if data:
+        config["data"] = data
     for key in ("ckpt", "forget", "ckpt_path"):
         config.pop(key, None)
     best = study.best_trial

@@ -27,7 +27,7 @@ def test_tune_runs_resumes_and_writes_a_usable_config(trained_ckpt, forget_file,
     out = tmp_path / "tune"
     # settings every trial gets but the search does not touch: best.yaml must carry them too
     flags = [*_flags(trained_ckpt, forget_file, tiny_hospital), "--model.init_args.weight_decay=0.01",
-             "--trainer.gradient_clip_val", "2.0"]
+             "--trainer.gradient_clip_val", "2.0", "--data.unlearn_epoch=forget"]
     first = tune([*flags, "--n_trials=2", f"--out={out}"])
     assert first["trials"] == 2 and first["method"] == "FineTune"
     storage = f"sqlite:///{out / 'tune.db'}"
@@ -67,6 +67,7 @@ def test_tune_runs_resumes_and_writes_a_usable_config(trained_ckpt, forget_file,
     assert best["trainer"]["max_epochs"] == min(selected + 1, study.best_params["max_epochs"])
     assert second["best_epochs"] == best["trainer"]["max_epochs"]
     assert best["model"]["init_args"]["weight_decay"] == 0.01 and best["trainer"]["gradient_clip_val"] == 2.0
+    assert best["data"] == {"batch_size": 16, "unlearn_epoch": "forget"}  # what the tuned epochs are made of
     path = unlearn([f"--config={out / 'best.yaml'}", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
                     f"--data.manifest={tiny_hospital}", "--data.image_size=32", "--data.batch_size=16",
                     "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", f"--out={tmp_path / 'u'}"])
@@ -79,8 +80,12 @@ def test_fixed_settings_read_both_flag_forms():
     from medforget.commands.tune import fixed_settings
 
     got = fixed_settings(["--model.init_args.alpha=0.5", "--model.init_args.name", "x", "--trainer.precision=16",
-                          "--data.batch_size=8", "--trainer.logger.init_args.x=1", "--flag"])
-    assert got == {"init_args": {"alpha": 0.5, "name": "x"}, "trainer": {"precision": 16}}
+                          "--data.batch_size=8", "--trainer.logger.init_args.x=1", "--flag", "--data.unlearn_epoch",
+                          "forget", "--data.manifest=m.csv", "--data.selection_fraction=0.9"])
+    # the data settings that define an epoch are kept (best.yaml's epochs mean nothing without them); the hospital's
+    # and the tuning request's are not
+    assert got == {"init_args": {"alpha": 0.5, "name": "x"}, "trainer": {"precision": 16},
+                   "data": {"batch_size": 8, "unlearn_epoch": "forget"}}
 
 
 @pytest.mark.parametrize("objective", ["test/auc", "val/test_auc", "retrained_gap"])
