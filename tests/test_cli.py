@@ -112,6 +112,28 @@ def test_unlearn_from_yaml_config(tiny_hospital, forget_file, trained_ckpt, tmp_
     assert out.is_file()
 
 
+def test_unlearn_seconds_include_the_data_setup(tiny_hospital, forget_file, trained_ckpt, tmp_path, monkeypatch):
+    # train's fit_seconds include decoding its studies (the datamodule is set up inside fit), so unlearn_seconds
+    # must include the unlearning run's own decoding, or the time ratio to retraining compares unlike work
+    import medforget.commands.classifier as commands
+    from medforget.datamodules.dicom_report import DicomReportDataModule
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(commands.time, "perf_counter", lambda: clock["now"])
+    setup = DicomReportDataModule.setup
+
+    def slow_setup(self, stage=None):
+        if self.df is None:
+            clock["now"] += 100.0  # decoding, on the fake clock
+        return setup(self, stage)
+
+    monkeypatch.setattr(DicomReportDataModule, "setup", slow_setup)
+    out = unlearn(["--method=FineTune", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
+                   f"--data.manifest={tiny_hospital}", *TINY_DATA, "--trainer.max_steps=1", *QUIET,
+                   f"--out={tmp_path / 'u'}"])
+    assert read_checkpoint(out)["medforget"]["provenance"]["unlearn_seconds"] == 100.0
+
+
 def test_unlearn_refuses_to_overwrite_its_input(tiny_hospital, forget_file, trained_ckpt):
     digest = hashlib.sha256(trained_ckpt.read_bytes()).hexdigest()
     with pytest.raises(FileExistsError):
