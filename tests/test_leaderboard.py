@@ -179,3 +179,13 @@ def test_merged_rows_keep_each_budget_and_one_retrain_row():
     rows = leaderboard.merged(rows, [forget_epochs])
     assert sorted((r["method"], r["trials"], r.get("unlearn_epoch", "retain")) for r in rows if r["method"] == "X") == [
         ("X", 4, "retain"), ("X", 12, "forget"), ("X", 12, "retain")]
+    # so is the same budget with the tuned epochs capped (--max-epochs-high), and the table says which row is which
+    capped = {**row("X", 12, 0.04), "max_epochs_high": 2}
+    rows = leaderboard.merged(rows, [capped])
+    assert sorted((r["trials"], r.get("unlearn_epoch", "retain"), r.get("max_epochs_high") or 0, r["avg_gap"])
+                  for r in rows if r["method"] == "X") == [
+        (4, "retain", 0, 0.05), (12, "forget", 0, 0.02), (12, "retain", 0, 0.03), (12, "retain", 2, 0.04)]
+    full = {"avg_gap_range": [0.0, 0.1], "noise_floor_range": [0.0, 0.1], "gap_over_floor_range": [0.0, 1.0],
+            "noise_floor": 0.02, "gap_over_floor": 2.0, "retain_acc_gap": 0.0, "time_ratio": 0.1, "pass": 0,
+            "inconclusive": 1, "fail": 0, "per_patient_pass_share": 1.0, "tuning_time_ratio": 0.1}
+    assert "| 5pct | X | 12, <= 2 epochs | 0.040" in leaderboard.table([{**capped, **full}])
