@@ -427,15 +427,18 @@ def row_order(row: dict[str, Any]) -> tuple[int, float]:
     return list(SETTINGS).index(row["setting"]), math.inf if math.isnan(row["avg_gap"]) else row["avg_gap"]
 
 
+def protocol_of(row: dict[str, Any]) -> tuple[Any, str, int | None]:
+    """What tells two rows of one method and setting apart: the trial budget, the epoch unit and the epoch cap (a row
+    written before either flag existed used the retain unit and no cap)."""
+    return row.get("trials"), row.get("unlearn_epoch") or "retain", row.get("max_epochs_high")
+
+
 def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``old`` rows with ``new`` ones added; a new row replaces an old one of the same method, setting, trial
     budget, epoch unit (``unlearn_epoch``) and epoch cap (``max_epochs_high``), and a setting's ``Retrain`` row
     (the same retrained models whatever the budget) is kept once: the new one."""
     def key(row: dict[str, Any]) -> tuple:
-        if row["method"] == RETRAIN_ROW:
-            return row["method"], row["setting"], None, None, None
-        return (row["method"], row["setting"], row.get("trials"), row.get("unlearn_epoch", "retain"),
-                row.get("max_epochs_high"))
+        return row["method"], row["setting"], *(() if row["method"] == RETRAIN_ROW else protocol_of(row))
 
     replaced = {key(r) for r in new}
     rows = [r for r in old if key(r) not in replaced] + list(new)
@@ -449,11 +452,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         lo, hi = r["avg_gap_range"]
         flo, fhi = r["noise_floor_range"]
         glo, ghi = r["gap_over_floor_range"]
-        trials = "-" if r["method"] == RETRAIN_ROW or r.get("tuning_time_ratio") == 0 else r.get("trials", "")
-        if trials != "-" and r.get("unlearn_epoch", "retain") != "retain":
-            trials = f"{trials}, {r['unlearn_epoch']} epochs"
-        if trials != "-" and r.get("max_epochs_high"):
-            trials = f"{trials}, <= {r['max_epochs_high']} epochs"
+        budget, unit, cap = protocol_of(r)
+        trials = "-" if r["method"] == RETRAIN_ROW or r.get("tuning_time_ratio") == 0 else budget or ""
+        if trials != "-" and unit != "retain":
+            trials = f"{trials}, {unit} epochs"
+        if trials != "-" and cap:
+            trials = f"{trials}, <= {cap} epochs"
         lines.append(f"| {r['setting']} | {r['method']} | {trials} | {r['avg_gap']:.3f} [{lo:.3f}, {hi:.3f}] | "
                      f"{r['noise_floor']:.3f} [{flo:.3f}, {fhi:.3f}] | "
                      f"{r['gap_over_floor']:.2f} [{glo:.2f}, {ghi:.2f}] | "
