@@ -78,6 +78,7 @@ from medforget import api  # noqa: E402
 from medforget.core.checkpoint import read_checkpoint  # noqa: E402
 from medforget.core.io import atomic_write_text  # noqa: E402
 from medforget.datamodules.dicom_report import DicomReportDataModule  # noqa: E402
+from medforget.datamodules.sampling import RETAIN_PER_FORGET  # noqa: E402
 from medforget.datamodules.splits import MIN_AUDIT_PATIENTS, write_patient_ids  # noqa: E402
 from medforget.datamodules.synthetic import SyntheticConfig, generate_hospital  # noqa: E402
 from medforget.methods.classifier import get_method, list_methods  # noqa: E402
@@ -159,8 +160,10 @@ def run_settings(args: argparse.Namespace, hospital: Path) -> dict[str, Any]:
 
 def unlearn_data(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     """``data`` of the unlearning runs (tuning trials, audited requests, timing): with ``--unlearn-epoch`` (what one
-    epoch is: a pass over the retain sample, or over the forget request)."""
-    return {**data, "unlearn_epoch": args.unlearn_epoch} if args.unlearn_epoch else data
+    epoch is: a pass over the retain sample, or over the forget request) and ``--retain-per-forget`` (retain studies
+    per forget study in an epoch)."""
+    extra = {"unlearn_epoch": args.unlearn_epoch, "retain_per_forget": args.retain_per_forget}
+    return {**data, **{k: v for k, v in extra.items() if v is not None}}
 
 
 def method_settings(args: argparse.Namespace, root: Path, method: str) -> dict[str, Any] | None:
@@ -427,15 +430,18 @@ def row_order(row: dict[str, Any]) -> tuple[int, float]:
     return list(SETTINGS).index(row["setting"]), math.inf if math.isnan(row["avg_gap"]) else row["avg_gap"]
 
 
-def protocol_of(row: dict[str, Any]) -> tuple[Any, str, int | None]:
-    """What tells two rows of one method and setting apart: the trial budget, the epoch unit and the epoch cap (a row
-    written before either flag existed used the retain unit and no cap)."""
-    return row.get("trials"), row.get("unlearn_epoch") or "retain", row.get("max_epochs_high")
+def protocol_of(row: dict[str, Any]) -> tuple[Any, str, int | None, int]:
+    """What tells two rows of one method and setting apart: the trial budget, the epoch unit, the epoch cap and the
+    retain studies per forget study of an epoch (a row written before these flags existed used the retain unit, no
+    cap and the datamodule's default ratio)."""
+    return (row.get("trials"), row.get("unlearn_epoch") or "retain", row.get("max_epochs_high"),
+            row.get("retain_per_forget") or RETAIN_PER_FORGET)
 
 
 def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``old`` rows with ``new`` ones added; a new row replaces an old one of the same method, setting, trial
-    budget, epoch unit (``unlearn_epoch``) and epoch cap (``max_epochs_high``), and a setting's ``Retrain`` row
+    budget, epoch unit (``unlearn_epoch``), epoch cap (``max_epochs_high``) and retain ratio (``retain_per_forget``),
+    and a setting's ``Retrain`` row
     (the same retrained models whatever the budget) is kept once: the new one."""
     def key(row: dict[str, Any]) -> tuple:
         return row["method"], row["setting"], *(() if row["method"] == RETRAIN_ROW else protocol_of(row))
@@ -452,12 +458,14 @@ def table(rows: list[dict[str, Any]]) -> str:
         lo, hi = r["avg_gap_range"]
         flo, fhi = r["noise_floor_range"]
         glo, ghi = r["gap_over_floor_range"]
-        budget, unit, cap = protocol_of(r)
+        budget, unit, cap, ratio = protocol_of(r)
         trials = "-" if r["method"] == RETRAIN_ROW or r.get("tuning_time_ratio") == 0 else budget or ""
         if trials != "-" and unit != "retain":
             trials = f"{trials}, {unit} epochs"
         if trials != "-" and cap:
             trials = f"{trials}, <= {cap} epochs"
+        if trials != "-" and ratio != RETAIN_PER_FORGET:
+            trials = f"{trials}, {ratio}x retain"
         lines.append(f"| {r['setting']} | {r['method']} | {trials} | {r['avg_gap']:.3f} [{lo:.3f}, {hi:.3f}] | "
                      f"{r['noise_floor']:.3f} [{flo:.3f}, {fhi:.3f}] | "
                      f"{r['gap_over_floor']:.2f} [{glo:.2f}, {ghi:.2f}] | "
@@ -540,6 +548,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--max-epochs-high", type=int, default=None,
                         help="largest number of unlearning epochs a tuning trial may sample (tune --max_epochs_high; "
                              "default twice the method config's)")
+    parser.add_argument("--retain-per-forget", type=int, default=None,
+                        help="retain studies per forget study in an unlearning epoch (--data.retain_per_forget of "
+                             f"tuning and unlearning; default the datamodule's, {RETAIN_PER_FORGET}): fewer make every "
+                             "epoch, and the retain pool decoded for it, cheaper")
     parser.add_argument("--retrains", type=int, default=3,
                         help="retrained models per seed and setting (>= 2): every model is audited against all but "
                              "the last (the audit's noise floor, with 2 or more), the last is the Retrain row")
@@ -599,7 +611,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = leaderboard(raw, args.patients, args.image_size, protocol={
         "trials": args.trials, "tuning_selection": args.tuning_selection,
         "request_selection": args.request_selection, "unlearn_epoch": args.unlearn_epoch or "retain",
-        "max_epochs_high": args.max_epochs_high})
+        "max_epochs_high": args.max_epochs_high,
+        "retain_per_forget": args.retain_per_forget or RETAIN_PER_FORGET})
     for row in rows:
         row["missing"] = [m for m in missing if m["setting"] == row["setting"] and m["method"] in (row["method"], None)]
     seconds = time.perf_counter() - start
@@ -612,7 +625,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                  "no part of the audited requests (blind: tuned epochs, last weights)") + ", audit K="
               f"{args.audit_references}, accelerator {args.accelerator}"
               + (f", unlearning epochs over the {args.unlearn_epoch} part" if args.unlearn_epoch else "")
-              + (f", at most {args.max_epochs_high} tuned epochs" if args.max_epochs_high else "") + "."
+              + (f", at most {args.max_epochs_high} tuned epochs" if args.max_epochs_high else "")
+              + (f", {args.retain_per_forget} retain studies per forget study in an unlearning epoch"
+                 if args.retain_per_forget else "") + "."
               + (f"  \nNot finished (left out of the rows): {'; '.join(map(missing_text, missing))}."
                  if missing else ""))
     if args.write_configs is not None:

@@ -189,3 +189,11 @@ def test_merged_rows_keep_each_budget_and_one_retrain_row():
             "noise_floor": 0.02, "gap_over_floor": 2.0, "retain_acc_gap": 0.0, "time_ratio": 0.1, "pass": 0,
             "inconclusive": 1, "fail": 0, "per_patient_pass_share": 1.0, "tuning_time_ratio": 0.1}
     assert "| 5pct | X | 12, <= 2 epochs | 0.040" in leaderboard.table([{**capped, **full}])
+    # and so is a smaller retain ratio (--retain-per-forget); a row naming the default ratio is the same protocol as
+    # one written before the flag existed, so it replaces it
+    lean = {**capped, "avg_gap": 0.045, "retain_per_forget": 2}
+    rows = leaderboard.merged(rows, [lean, {**capped, "avg_gap": 0.035, "retain_per_forget": 8}])
+    assert sorted((r.get("max_epochs_high") or 0, r.get("retain_per_forget") or 8, r["avg_gap"])
+                  for r in rows if r["method"] == "X" and r["trials"] == 12 and "unlearn_epoch" not in r) == [
+        (0, 8, 0.03), (2, 2, 0.045), (2, 8, 0.035)]
+    assert "| 5pct | X | 12, <= 2 epochs, 2x retain | 0.045" in leaderboard.table([{**lean, **full}])

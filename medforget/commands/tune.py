@@ -172,7 +172,7 @@ class _Reporter(L.Callback):
 #: ``--data.*`` settings that say what an unlearning epoch *is* (its steps and their batches): a trial's number of
 #: epochs means nothing without them, so ``best.yaml`` keeps them. The hospital's own (manifest, image size, split
 #: seed, the selection share of the tuning request) stay out of it.
-EPOCH_DATA = ("unlearn_epoch", "retain_per_epoch", "batch_size", "forget_batch_size")
+EPOCH_DATA = ("unlearn_epoch", "retain_per_epoch", "retain_per_forget", "batch_size", "forget_batch_size")
 
 
 def fixed_settings(forwarded: list[str]) -> dict[str, dict[str, Any]]:

@@ -32,6 +32,7 @@ from medforget.datamodules.manifest import load_manifest, manifest_hash
 from medforget.datamodules.sampling import (
     MAX_EVAL_PATIENTS,
     POOL_FACTOR,
+    RETAIN_PER_FORGET,
     EpochSubsetSampler,
     default_retain_per_epoch,
     default_selection_val_studies,
@@ -50,16 +51,13 @@ log = logging.getLogger(__name__)
 
 def _items(df: pd.DataFrame, rows: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
     """The dataset items (image path, report, label, identifiers, manifest row) of manifest ``rows``."""
+    rows = [int(r) for r in rows]
+    part = df.loc[rows, ["image_path", "report", "label", "patient_id", "study_id"]]  # one lookup, not one per cell
     return [
-        {
-            keys.IMAGE: df.at[r, "image_path"],
-            keys.REPORT: df.at[r, "report"],
-            keys.LABEL: int(df.at[r, "label"]),
-            keys.PATIENT_ID: df.at[r, "patient_id"],
-            keys.STUDY_ID: df.at[r, "study_id"],
-            keys.INDEX: int(r),
-        }
-        for r in rows
+        {keys.IMAGE: image, keys.REPORT: report, keys.LABEL: int(label), keys.PATIENT_ID: patient,
+         keys.STUDY_ID: study, keys.INDEX: r}
+        for r, image, report, label, patient, study in zip(rows, *(part[c].tolist() for c in part.columns),
+                                                           strict=True)
     ]
 
 
@@ -128,7 +126,11 @@ class DicomReportDataModule(L.LightningDataModule):
             test patients (the audit's ``audit.json`` records the sample sizes under ``data.sampling``). ``False``:
             every retain, val and test study (each unlearning epoch a pass over every retain study).
         retain_per_epoch: Retain studies per ``unlearn``-mode epoch (``bounded``); default
-            ``max(8 x forget studies, 256)``.
+            ``max(retain_per_forget x forget studies, 256)``.
+        retain_per_forget: Retain studies per forget study in each ``unlearn``-mode epoch when ``retain_per_epoch``
+            is not given (``bounded``); default 8. A ratio, so one setting fits requests of any size: fewer retain
+            studies make an epoch (and the retain pool decoded for it) cheaper, at the cost of fewer retain
+            gradient steps per forget step.
         retain_pool: Retain studies decoded and cached in ``unlearn`` mode (``bounded``): whole patients in a seeded
             order until the pool holds this many; default ``2 x retain_per_epoch``. Methods that estimate statistics
             over the retain set (Fisher information, SSD's importances, SalUn's saliency) estimate them on the pool.
@@ -137,7 +139,8 @@ class DicomReportDataModule(L.LightningDataModule):
         selection_val_studies: Val studies scored after every ``unlearn``-mode epoch for checkpoint selection
             (``bounded``; whole patients in a seeded order until this many); default ``max(4 x forget studies,
             128)``. With these defaults every bound is set by the forget request: an unlearning run reads about the
-            same in a hospital of 300 patients as in one of 3,000.
+            same in a hospital of 300 patients as in one of 3,000. When the trainer the datamodule is attached to
+            runs no validation (``--trainer.limit_val_batches 0``), no val patient is read at all.
     """
 
     def __init__(
@@ -163,6 +166,7 @@ class DicomReportDataModule(L.LightningDataModule):
         selection_fraction: float = 0.25,
         bounded: bool = True,
         retain_per_epoch: int | None = None,
+        retain_per_forget: int = RETAIN_PER_FORGET,
         retain_pool: int | None = None,
         max_eval_patients: int | None = MAX_EVAL_PATIENTS,
         selection_val_studies: int | None = None,
@@ -202,13 +206,15 @@ class DicomReportDataModule(L.LightningDataModule):
         if not 0.0 <= selection_fraction < 1.0:
             raise ValueError(f"--data.selection_fraction must lie in [0, 1), got {selection_fraction}")
         self.selection_fraction = selection_fraction
-        for flag, value in (("retain_per_epoch", retain_per_epoch), ("retain_pool", retain_pool),
+        for flag, value in (("retain_per_epoch", retain_per_epoch), ("retain_per_forget", retain_per_forget),
+                            ("retain_pool", retain_pool),
                             ("max_eval_patients", max_eval_patients),
                             ("selection_val_studies", selection_val_studies)):
             if value is not None and value < 1:
                 raise ValueError(f"--data.{flag} must be >= 1 (or null for the default), got {value}")
         self.bounded = bool(bounded)
         self.retain_per_epoch = retain_per_epoch
+        self.retain_per_forget = int(retain_per_forget)
         self.retain_pool = retain_pool
         self.max_eval_patients = max_eval_patients
         self.selection_val_studies = selection_val_studies
@@ -302,15 +308,25 @@ class DicomReportDataModule(L.LightningDataModule):
         idx = dict(idx)
         patients = df["patient_id"]
         if self.mode == "unlearn":
-            self._epoch_retain = self.retain_per_epoch or default_retain_per_epoch(len(idx["forget"]))
+            self._epoch_retain = self.retain_per_epoch or default_retain_per_epoch(len(idx["forget"]),
+                                                                                   self.retain_per_forget)
             pool = self.retain_pool or POOL_FACTOR * self._epoch_retain
             idx["retain"] = patient_pool(patients, idx["retain"], pool, self.seed, "unlearn:retain-pool")
-            n_val = self.selection_val_studies or default_selection_val_studies(len(idx["forget"]))
-            idx["val"] = patient_pool(patients, idx["val"], n_val, self.seed, "unlearn:val")
+            if self.validates():
+                n_val = self.selection_val_studies or default_selection_val_studies(len(idx["forget"]))
+                idx["val"] = patient_pool(patients, idx["val"], n_val, self.seed, "unlearn:val")
+            else:  # no validation runs: checkpoint selection scores nothing, so no val study is decoded
+                idx["val"] = idx["val"][:0]
         elif self.mode == "evaluate":
             for part in ("retain", "val", "test") if "forget" in idx else ("train", "val", "test"):
                 idx[part] = patient_sample(patients, idx[part], self.max_eval_patients, self.seed, f"audit:{part}")
         return idx
+
+    def validates(self) -> bool:
+        """Whether the trainer this datamodule is attached to (``trainer``, set by ``fit`` or by the caller before
+        :meth:`setup`) runs validation; ``True`` when none is attached. ``--trainer.limit_val_batches 0`` turns it
+        off, and a bounded ``unlearn`` run then decodes no val study."""
+        return self.trainer is None or self.trainer.limit_val_batches != 0
 
     def sampling(self) -> dict[str, Any]:
         """What this run reads of each part: patients and studies read, out of how many (counts only), and the

@@ -89,7 +89,8 @@ def load_manifest(path: str | Path, num_classes: int, check_files: bool = True) 
     reports: list[str] = []
     labels: list[int] = []
     image_paths: list[str] = []
-    for i, row in df.iterrows():
+    # plain dicts, not iterrows(): a pandas Series per row costs ~0.3 ms, seconds for a hospital's manifest
+    for i, row in enumerate(df.to_dict("records")):
         where = f"row {i + 2} (study_id={row['study_id']!r})"  # +2: header line, 1-based
         for col in ("patient_id", "study_id", "image_path"):
             if row[col] in ("", "nan", "None"):

@@ -30,9 +30,10 @@ def _rng(seed: int, tag: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(tag.encode())])
 
 
-def default_retain_per_epoch(forget_studies: int) -> int:
-    """``max(8 x forget studies, 256)``: retain studies per unlearning epoch when not configured."""
-    return max(RETAIN_PER_FORGET * int(forget_studies), RETAIN_PER_EPOCH_MIN)
+def default_retain_per_epoch(forget_studies: int, per_forget: int = RETAIN_PER_FORGET) -> int:
+    """``max(per_forget x forget studies, 256)`` (``per_forget`` 8 unless configured): retain studies per unlearning
+    epoch when not configured."""
+    return max(int(per_forget) * int(forget_studies), RETAIN_PER_EPOCH_MIN)
 
 
 def default_selection_val_studies(forget_studies: int) -> int:

@@ -58,6 +58,8 @@ def test_patient_sample_keeps_at_most_max_patients():
 def test_default_bounds():
     assert default_retain_per_epoch(1) == 256
     assert default_retain_per_epoch(100) == 800
+    assert default_retain_per_epoch(100, per_forget=2) == 256  # the 256 floor holds whatever the ratio
+    assert default_retain_per_epoch(200, per_forget=2) == 400
     assert default_selection_val_studies(3) == 128
     assert default_selection_val_studies(50) == 200
 
@@ -104,6 +106,39 @@ def test_unlearn_mode_decodes_only_forget_retain_pool_and_val_sample(tiny_datamo
     sampling = dm.sampling()
     assert sampling["bounded"] and sampling["retain_per_epoch"] == BOUNDS["retain_per_epoch"]
     assert sampling["parts"]["retain"]["of_studies"] == len(dm.population["retain"])
+
+
+def test_retain_per_forget_sets_the_epoch_and_pool(tiny_datamodule_kwargs, forget_file):
+    kwargs = {**tiny_datamodule_kwargs, "selection_val_studies": 3}
+    dm = DicomReportDataModule(mode="unlearn", forget=str(forget_file), retain_per_forget=1, **kwargs)
+    dm.setup()
+    forget_studies = len(dm.indices["forget"])
+    assert dm.sampling()["retain_per_epoch"] == default_retain_per_epoch(forget_studies, per_forget=1)
+    with pytest.raises(ValueError, match="retain_per_forget must be >= 1"):
+        DicomReportDataModule(mode="unlearn", forget=str(forget_file), retain_per_forget=0, **kwargs)
+
+
+def test_unlearn_without_validation_decodes_no_val_study(tiny_datamodule_kwargs, forget_file, monkeypatch):
+    """A trainer that runs no validation (``limit_val_batches=0``, the leaderboard's blind runs and timing): nothing
+    scores the val sample, so it is not decoded; with validation it is."""
+    from medforget.datamodules import transforms
+
+    calls: list[str] = []
+    real = transforms.read_dicom
+    monkeypatch.setattr(transforms, "read_dicom", lambda *a, **k: calls.append(str(a[0])) or real(*a, **k))
+    blind = DicomReportDataModule(mode="unlearn", forget=str(forget_file), **tiny_datamodule_kwargs, **BOUNDS)
+    blind.trainer = L.Trainer(limit_val_batches=0, logger=False, enable_checkpointing=False)
+    assert not blind.validates()
+    blind.setup()
+    assert len(blind.indices["val"]) == 0 and blind.val_dataloader() == []
+    read = set(blind.df.loc[np.concatenate([blind.indices["forget"], blind.indices["retain"]]), "image_path"]
+               .astype(str))
+    assert set(calls) == read
+    assert blind.sampling()["parts"]["val"]["of_studies"] == len(blind.population["val"]) > 0  # reported, not read
+    seeing = DicomReportDataModule(mode="unlearn", forget=str(forget_file), **tiny_datamodule_kwargs, **BOUNDS)
+    seeing.trainer = L.Trainer(limit_val_batches=1.0, logger=False, enable_checkpointing=False)
+    seeing.setup()
+    assert seeing.validates() and len(seeing.indices["val"]) >= BOUNDS["selection_val_studies"]
 
 
 def test_unbounded_unlearn_reads_every_retain_study(tiny_datamodule_kwargs, forget_file):

@@ -53,7 +53,7 @@ def balanced_design(num_patients: int, k: int, seed: int = 0) -> np.ndarray:
 #: Data options that do not change how a reference model trains: the manifest's *path* (its content hash is in the
 #: recipe, so a moved or symlinked run folder reuses its cache), workers, and the unlearn/audit-only options.
 NOT_RECIPE = ("manifest", "num_workers", "forget", "selection_fraction", "mode", "bounded", "retain_per_epoch",
-              "retain_pool", "max_eval_patients", "unlearn_epoch")
+              "retain_per_forget", "retain_pool", "max_eval_patients", "unlearn_epoch")
 
 
 def _fingerprint(**facts: Any) -> str:

@@ -81,11 +81,12 @@ def test_fixed_settings_read_both_flag_forms():
 
     got = fixed_settings(["--model.init_args.alpha=0.5", "--model.init_args.name", "x", "--trainer.precision=16",
                           "--data.batch_size=8", "--trainer.logger.init_args.x=1", "--flag", "--data.unlearn_epoch",
-                          "forget", "--data.manifest=m.csv", "--data.selection_fraction=0.9"])
+                          "forget", "--data.manifest=m.csv", "--data.selection_fraction=0.9",
+                          "--data.retain_per_forget=2"])
     # the data settings that define an epoch are kept (best.yaml's epochs mean nothing without them); the hospital's
     # and the tuning request's are not
     assert got == {"init_args": {"alpha": 0.5, "name": "x"}, "trainer": {"precision": 16},
-                   "data": {"batch_size": 8, "unlearn_epoch": "forget"}}
+                   "data": {"batch_size": 8, "unlearn_epoch": "forget", "retain_per_forget": 2}}
 
 
 @pytest.mark.parametrize("objective", ["test/auc", "val/test_auc", "retrained_gap"])
