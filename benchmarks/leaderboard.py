@@ -431,20 +431,21 @@ def row_order(row: dict[str, Any]) -> tuple[int, float]:
 
 
 def protocol_of(row: dict[str, Any]) -> tuple[Any, str, int | None, int]:
-    """What tells two rows of one method and setting apart: the trial budget, the epoch unit, the epoch cap and the
-    retain studies per forget study of an epoch (a row written before these flags existed used the retain unit, no
-    cap and the datamodule's default ratio)."""
+    """What tells two tuned rows of one method, setting and training length apart: the trial budget, the epoch unit,
+    the epoch cap and the retain studies per forget study of an epoch (a row written before these flags existed used
+    the retain unit, no cap and the datamodule's default ratio)."""
     return (row.get("trials"), row.get("unlearn_epoch") or "retain", row.get("max_epochs_high"),
             row.get("retain_per_forget") or RETAIN_PER_FORGET)
 
 
 def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``old`` rows with ``new`` ones added; a new row replaces an old one of the same method, setting, trial
-    budget, epoch unit (``unlearn_epoch``), epoch cap (``max_epochs_high``) and retain ratio (``retain_per_forget``),
-    and a setting's ``Retrain`` row
-    (the same retrained models whatever the budget) is kept once: the new one."""
-    def key(row: dict[str, Any]) -> tuple:
-        return row["method"], row["setting"], *(() if row["method"] == RETRAIN_ROW else protocol_of(row))
+    budget, epoch unit (``unlearn_epoch``), epoch cap (``max_epochs_high``) and retain ratio (``retain_per_forget``)
+    trained for as many epochs (``epochs``, of the original and retrained models), and a setting's ``Retrain`` row
+    (the same retrained models whatever the budget) is kept once per training length: the new one."""
+    def key(row: dict[str, Any]) -> tuple:  # other training epochs: other originals, retrained models and floors
+        return (row["method"], row["setting"], row.get("epochs"),
+                *(() if row["method"] == RETRAIN_ROW else protocol_of(row)))
 
     replaced = {key(r) for r in new}
     rows = [r for r in old if key(r) not in replaced] + list(new)
@@ -453,7 +454,8 @@ def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[st
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| setting | method | trials | avg \\|gap\\| [seed range] | floor [seed range] | gap/floor [seed range] | "
-             "retain acc gap | time/retrain | pass | inc. | fail | per-patient pass |", "|---" * 12 + "|"]
+             "retain acc gap | time/retrain | pass | inc. | fail | per-patient pass | train epochs |",
+             "|---" * 13 + "|"]
     for r in rows:
         lo, hi = r["avg_gap_range"]
         flo, fhi = r["noise_floor_range"]
@@ -470,7 +472,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"{r['noise_floor']:.3f} [{flo:.3f}, {fhi:.3f}] | "
                      f"{r['gap_over_floor']:.2f} [{glo:.2f}, {ghi:.2f}] | "
                      f"{r['retain_acc_gap']:.3f} | {r['time_ratio']:.3f} | {r['pass']} | {r['inconclusive']} | "
-                     f"{r['fail']} | {r['per_patient_pass_share']:.2f} |")
+                     f"{r['fail']} | {r['per_patient_pass_share']:.2f} | {r.get('epochs', '')} |")
     return "\n".join(lines)
 
 
@@ -502,7 +504,9 @@ def tuned_config(args: argparse.Namespace, method: str) -> str | None:
     header = (f"# {method} as tuned by benchmarks/leaderboard.py (issue 14): `medforget tune`, {args.trials} trials "
               f"per seed, objective on {args.tuning_selection:.0%}\n# of a tuning request of 5% of the training "
               f"patients (validation data only), hospital of {args.patients} patients at {args.image_size} px, "
-              f"original trained {args.epochs} epochs;\n# max_epochs: the epochs the best trial trained.\n"
+              f"original trained {args.epochs} epochs;\n# max_epochs: the epochs the best trial trained"
+              + (f" (the study could choose at most {args.max_epochs_high})" if args.max_epochs_high else "")
+              + ".\n"
               f"# Chosen: seed {seed}'s best trial ({tuned['best_trial']}), {tuned['objective']} = {value:.4f}"
               + (f" (other seeds' best: {others})" if others else "") + ".\n"
               "# Other hospitals and sizes: run `python -m medforget tune` on your own data.\n"
@@ -612,7 +616,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "trials": args.trials, "tuning_selection": args.tuning_selection,
         "request_selection": args.request_selection, "unlearn_epoch": args.unlearn_epoch or "retain",
         "max_epochs_high": args.max_epochs_high,
-        "retain_per_forget": args.retain_per_forget or RETAIN_PER_FORGET})
+        "retain_per_forget": args.retain_per_forget or RETAIN_PER_FORGET, "epochs": args.epochs})
     for row in rows:
         row["missing"] = [m for m in missing if m["setting"] == row["setting"] and m["method"] in (row["method"], None)]
     seconds = time.perf_counter() - start

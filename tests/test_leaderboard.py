@@ -197,3 +197,11 @@ def test_merged_rows_keep_each_budget_and_one_retrain_row():
                   for r in rows if r["method"] == "X" and r["trials"] == 12 and "unlearn_epoch" not in r) == [
         (0, 8, 0.03), (2, 2, 0.045), (2, 8, 0.035)]
     assert "| 5pct | X | 12, <= 2 epochs, 2x retain | 0.045" in leaderboard.table([{**lean, **full}])
+    # other training epochs are other originals and retrained models: their Retrain row and tuned rows stand beside
+    longer = [{**row("Retrain", 12, 0.02), "epochs": 25}, {**row("X", 12, 0.01), "epochs": 25}]
+    before = len(rows)
+    rows = leaderboard.merged(rows, longer)
+    assert len(rows) == before + 2
+    assert sorted((r.get("epochs") or 10, r["avg_gap"]) for r in rows if r["method"] == "Retrain") == [
+        (10, 0.01), (25, 0.02)]
+    assert leaderboard.table([{**longer[1], **full}]).rstrip().endswith("| 1.00 | 25 |")
