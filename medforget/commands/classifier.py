@@ -112,7 +112,8 @@ def unlearn(args: list[str] | None = None, callbacks: list[Any] | None = None) -
     # timed from the data setup (decoding the studies the run reads), as train's fit_seconds include its own: an
     # unlearning-vs-retraining time ratio then compares the same kinds of work
     start = time.perf_counter()
-    cli.datamodule.trainer = cli.trainer  # as fit would: setup then knows whether validation runs (what it decodes)
+    # no validation and a method that does not read the val part itself: the val sample is not decoded
+    cli.datamodule.read_val = cli.trainer.limit_val_batches != 0 or method.reads_val
     cli.datamodule.setup("fit")
     check_split(method.classifier, cli.datamodule, cli.config.ckpt)
     if method.retrains:  # exact unlearning (SISA): retrain the affected shards instead of fitting the method

@@ -139,8 +139,13 @@ class DicomReportDataModule(L.LightningDataModule):
         selection_val_studies: Val studies scored after every ``unlearn``-mode epoch for checkpoint selection
             (``bounded``; whole patients in a seeded order until this many); default ``max(4 x forget studies,
             128)``. With these defaults every bound is set by the forget request: an unlearning run reads about the
-            same in a hospital of 300 patients as in one of 3,000. When the trainer the datamodule is attached to
-            runs no validation (``--trainer.limit_val_batches 0``), no val patient is read at all.
+            same in a hospital of 300 patients as in one of 3,000.
+
+    Attributes:
+        read_val: Whether a bounded ``unlearn``-mode setup reads (decodes) the val sample; ``True`` unless set before
+            :meth:`setup`. ``medforget unlearn`` sets it ``False`` when nothing would read it: no validation
+            (``--trainer.limit_val_batches 0``) and a method that does not read the val part itself
+            (``UnlearningMethod.reads_val``).
     """
 
     def __init__(
@@ -219,6 +224,7 @@ class DicomReportDataModule(L.LightningDataModule):
         self.max_eval_patients = max_eval_patients
         self.selection_val_studies = selection_val_studies
         self.population: dict[str, np.ndarray] = {}
+        self.read_val = True
         self._epoch_retain: int | None = None
         self.skipped_images: list[str] = []
         self.df: pd.DataFrame | None = None
@@ -312,7 +318,7 @@ class DicomReportDataModule(L.LightningDataModule):
                                                                                    self.retain_per_forget)
             pool = self.retain_pool or POOL_FACTOR * self._epoch_retain
             idx["retain"] = patient_pool(patients, idx["retain"], pool, self.seed, "unlearn:retain-pool")
-            if self.validates():
+            if self.read_val:
                 n_val = self.selection_val_studies or default_selection_val_studies(len(idx["forget"]))
                 idx["val"] = patient_pool(patients, idx["val"], n_val, self.seed, "unlearn:val")
             else:  # no validation runs: checkpoint selection scores nothing, so no val study is decoded
@@ -321,12 +327,6 @@ class DicomReportDataModule(L.LightningDataModule):
             for part in ("retain", "val", "test") if "forget" in idx else ("train", "val", "test"):
                 idx[part] = patient_sample(patients, idx[part], self.max_eval_patients, self.seed, f"audit:{part}")
         return idx
-
-    def validates(self) -> bool:
-        """Whether the trainer this datamodule is attached to (``trainer``, set by ``fit`` or by the caller before
-        :meth:`setup`) runs validation; ``True`` when none is attached. ``--trainer.limit_val_batches 0`` turns it
-        off, and a bounded ``unlearn`` run then decodes no val study."""
-        return self.trainer is None or self.trainer.limit_val_batches != 0
 
     def sampling(self) -> dict[str, Any]:
         """What this run reads of each part: patients and studies read, out of how many (counts only), and the

@@ -118,27 +118,42 @@ def test_retain_per_forget_sets_the_epoch_and_pool(tiny_datamodule_kwargs, forge
         DicomReportDataModule(mode="unlearn", forget=str(forget_file), retain_per_forget=0, **kwargs)
 
 
-def test_unlearn_without_validation_decodes_no_val_study(tiny_datamodule_kwargs, forget_file, monkeypatch):
-    """A trainer that runs no validation (``limit_val_batches=0``, the leaderboard's blind runs and timing): nothing
-    scores the val sample, so it is not decoded; with validation it is."""
+def test_unlearn_without_val_reading_decodes_no_val_study(tiny_datamodule_kwargs, forget_file, monkeypatch):
+    """``read_val = False`` (what ``medforget unlearn`` sets when nothing reads the val sample): it is not decoded,
+    and the counts still say what the hospital has."""
     from medforget.datamodules import transforms
 
     calls: list[str] = []
     real = transforms.read_dicom
     monkeypatch.setattr(transforms, "read_dicom", lambda *a, **k: calls.append(str(a[0])) or real(*a, **k))
     blind = DicomReportDataModule(mode="unlearn", forget=str(forget_file), **tiny_datamodule_kwargs, **BOUNDS)
-    blind.trainer = L.Trainer(limit_val_batches=0, logger=False, enable_checkpointing=False)
-    assert not blind.validates()
+    assert blind.read_val  # the default: read
+    blind.read_val = False
     blind.setup()
     assert len(blind.indices["val"]) == 0 and blind.val_dataloader() == []
     read = set(blind.df.loc[np.concatenate([blind.indices["forget"], blind.indices["retain"]]), "image_path"]
                .astype(str))
     assert set(calls) == read
     assert blind.sampling()["parts"]["val"]["of_studies"] == len(blind.population["val"]) > 0  # reported, not read
-    seeing = DicomReportDataModule(mode="unlearn", forget=str(forget_file), **tiny_datamodule_kwargs, **BOUNDS)
-    seeing.trainer = L.Trainer(limit_val_batches=1.0, logger=False, enable_checkpointing=False)
-    seeing.setup()
-    assert seeing.validates() and len(seeing.indices["val"]) >= BOUNDS["selection_val_studies"]
+
+
+@pytest.mark.parametrize(("method", "validation", "reads_val"), [
+    ("NegGradPlus", False, False),  # blind, and the method reads no val: skipped
+    ("NegGradPlus", True, True),  # checkpoint selection scores the val sample
+    ("LossMatch", False, True),  # blind, but its target distribution is the val patients' losses
+])
+def test_unlearn_command_reads_val_only_when_something_uses_it(method, validation, reads_val, trained_ckpt,
+                                                               forget_file, tiny_hospital, tmp_path):
+    from medforget.commands import unlearn
+    from medforget.core.checkpoint import read_checkpoint
+
+    flags = [] if validation else ["--checkpoint.monitor=null", "--trainer.limit_val_batches=0"]
+    path = unlearn([f"--method={method}", f"--ckpt={trained_ckpt}", f"--forget={forget_file}",
+                    f"--data.manifest={tiny_hospital}", "--data.image_size=32", "--data.batch_size=16",
+                    "--data.selection_fraction=0", "--trainer.max_epochs=1", "--trainer.accelerator=cpu",
+                    "--trainer.enable_progress_bar=false", f"--out={tmp_path / 'run'}", *flags])
+    val = read_checkpoint(path)["medforget"]["provenance"]["sampling"]["parts"]["val"]
+    assert (val["studies"] > 0) == reads_val and val["of_studies"] > 0
 
 
 def test_unbounded_unlearn_reads_every_retain_study(tiny_datamodule_kwargs, forget_file):

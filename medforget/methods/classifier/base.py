@@ -40,6 +40,9 @@ class UnlearningMethod(UnlearningBase):
     registry: ClassVar[Registry[type[UnlearningMethod]]] = Registry("method", "medforget.methods.classifier")
     one_shot: ClassVar[bool] = False  # edits the weights once instead of training (no training steps)
     retrains: ClassVar[bool] = False  # exact unlearning by retraining (SISA): the unlearn verb calls retrain(cli)
+    # reads the datamodule's val part outside validation (held-out statistics, e.g. LossMatch's target losses), so
+    # a run without validation still decodes it (otherwise such a run skips it: DicomReportDataModule.read_val)
+    reads_val: ClassVar[bool] = False
     accepts_ensemble: ClassVar[bool] = False  # may be given a sharded ensemble (train --shards) checkpoint
 
     def __init__(

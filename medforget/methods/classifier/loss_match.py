@@ -42,6 +42,8 @@ class LossMatch(UnlearningMethod):
             :class:`~medforget.methods.classifier.base.UnlearningMethod`.
     """
 
+    reads_val = True  # its target distribution: the original's losses on the val patients
+
     def __init__(self, forget_weight: float = 3.0, **kwargs: Any) -> None:
         if forget_weight <= 0:
             raise ValueError(f"forget_weight must be > 0, got {forget_weight}")
