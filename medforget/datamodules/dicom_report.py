@@ -321,7 +321,7 @@ class DicomReportDataModule(L.LightningDataModule):
             if self.read_val:
                 n_val = self.selection_val_studies or default_selection_val_studies(len(idx["forget"]))
                 idx["val"] = patient_pool(patients, idx["val"], n_val, self.seed, "unlearn:val")
-            else:  # no validation runs: checkpoint selection scores nothing, so no val study is decoded
+            else:  # nothing reads it (no validation, a method that does not read val): not decoded
                 idx["val"] = idx["val"][:0]
         elif self.mode == "evaluate":
             for part in ("retain", "val", "test") if "forget" in idx else ("train", "val", "test"):
