@@ -110,10 +110,12 @@ def test_unlearn_mode_decodes_only_forget_retain_pool_and_val_sample(tiny_datamo
 
 def test_retain_per_forget_sets_the_epoch_and_pool(tiny_datamodule_kwargs, forget_file):
     kwargs = {**tiny_datamodule_kwargs, "selection_val_studies": 3}
-    dm = DicomReportDataModule(mode="unlearn", forget=str(forget_file), retain_per_forget=1, **kwargs)
+    # a ratio large enough to lift the epoch above the 256 floor, so the default (8) would give another number
+    dm = DicomReportDataModule(mode="unlearn", forget=str(forget_file), retain_per_forget=100, **kwargs)
     dm.setup()
     forget_studies = len(dm.indices["forget"])
-    assert dm.sampling()["retain_per_epoch"] == default_retain_per_epoch(forget_studies, per_forget=1)
+    assert 100 * forget_studies > 256
+    assert dm.sampling()["retain_per_epoch"] == 100 * forget_studies != default_retain_per_epoch(forget_studies)
     with pytest.raises(ValueError, match="retain_per_forget must be >= 1"):
         DicomReportDataModule(mode="unlearn", forget=str(forget_file), retain_per_forget=0, **kwargs)
 
